@@ -1,0 +1,43 @@
+"""unroll: a compiler from iteration schemes to neural networks.
+
+The pipeline, one module per pass::
+
+    scheme = compile(text)        # parse.py: str | sympy.Eq | YAML -> Scheme (scheme.py)
+    x      = scheme.run(x0, ...)  # run.py:   Scheme -> eager torch execution
+    facts  = analysis.*           # order, stability, objective, architecture, rates
+    module = scheme.network(...)  # lowering: torch modules, Triton source (cached)
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from .errors import UnrollError
+
+__version__ = "0.1.0"
+
+# Public names and the module that is their one home; imported on first use so that
+# `import unroll` stays cheap and Triton is only imported where it is needed.
+_LAZY = {
+    "Scheme": "unroll.scheme",
+    "Parameter": "unroll.scheme",
+    "State": "unroll.scheme",
+    "compile": "unroll.library",
+    "load": "unroll.library",
+    "schemes": "unroll.library",
+    "objective": "unroll.objective",
+    "Objective": "unroll.objective",
+    "identify": "unroll.identify",
+    "grow": "unroll.grow",
+    "parallelize": "unroll.parallel",
+}
+
+__all__ = ["UnrollError", "__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'unroll' has no attribute {name!r}")

@@ -1,0 +1,23 @@
+"""The one exception type users see."""
+
+from __future__ import annotations
+
+
+class UnrollError(ValueError):
+    """A user input that unroll cannot accept.
+
+    The message names what is wrong and where: the symbol, the YAML key, or the column of
+    the scheme text (shown with a caret under it).
+    """
+
+
+def at(text: str, column: int, message: str) -> UnrollError:
+    """An error pointing at ``column`` (0-based) of one line of scheme ``text``."""
+    line_start = text.rfind("\n", 0, column) + 1
+    line_end = text.find("\n", column)
+    line_end = len(text) if line_end < 0 else line_end
+    line = text[line_start:line_end]
+    col = column - line_start
+    lineno = text.count("\n", 0, column) + 1
+    where = f"line {lineno}, column {col + 1}" if "\n" in text else f"column {col + 1}"
+    return UnrollError(f"{message} (at {where})\n  {line}\n  {' ' * col}^")
