@@ -21,11 +21,8 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except UnrollError as e:
-            first = str(e).splitlines()[0]
-            click.echo(f"error: {first}", err=True)
-            rest = str(e).splitlines()[1:]
-            for line in rest:
-                click.echo(f"  {line}", err=True)
+            # One line: the message names the symbol, key or column at fault.
+            click.echo(f"error: {str(e).splitlines()[0]}", err=True)
             ctx.exit(2)
 
 
