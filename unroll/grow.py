@@ -543,6 +543,8 @@ class GrowthReport:
     """What `grow` did: every neuron's spectrum ends and the splits taken.
 
     ``eigenvalues[layer]`` is (λ_min, λ_max), each of shape (m,) for the layer before growing.
+    ``tolerance`` is where rounding ends: an eigenvalue within it of 0 counts as 0
+    (100 float eps of the dtype times the largest |λ| of the model).
     """
 
     method: str
@@ -552,6 +554,7 @@ class GrowthReport:
     eigenvalues: dict[str, tuple[Tensor, Tensor]]
     params_before: int
     params_after: int
+    tolerance: float
 
     @property
     def predicted_change(self) -> float:
@@ -561,7 +564,7 @@ class GrowthReport:
     @property
     def stable(self) -> bool:
         """True when no neuron has λ_min < 0: every neuron is splitting-stable for S2D."""
-        return all(bool((lmin >= 0).all()) for lmin, _ in self.eigenvalues.values())
+        return all(bool((lmin >= -self.tolerance).all()) for lmin, _ in self.eigenvalues.values())
 
     def table(self) -> str:
         """A plain-text table of the splits, one per line."""
@@ -588,6 +591,16 @@ def _split_cost(site: Site, model: nn.Module) -> int:
     return _fan_in(prod) + cons.weight.numel() // prod.weight.shape[0]
 
 
+def _tolerance(model: nn.Module, spectra: dict[str, Spectrum]) -> float:
+    """Below this a "negative" eigenvalue is rounding, not curvature."""
+    dtype, _ = _model_dtype(model)
+    scale = max(
+        max(float(sp.lambda_min.abs().max()), float(sp.lambda_max.abs().max()))
+        for sp in spectra.values()
+    )
+    return 100 * torch.finfo(dtype).eps * scale
+
+
 def _plan(
     model: nn.Module,
     sites: list[Site],
@@ -599,13 +612,10 @@ def _plan(
     eps: float,
     c: float,
 ) -> list[Split]:
-    dtype, _ = _model_dtype(model)
-    scale = max(
-        max(float(sp.lambda_min.abs().max()), float(sp.lambda_max.abs().max()))
-        for sp in spectra.values()
-    )
-    # Below this a "negative" eigenvalue is rounding, not curvature.
-    noise = 100 * torch.finfo(dtype).eps * scale
+    """The splits to take: each neuron's better option, best gain first across all layers,
+    within the ``fraction`` and ``budget`` limits. New copies are numbered after the layer's
+    existing neurons, in plan order."""
+    noise = _tolerance(model, spectra)
     ratio = (c - 1) / (c + 1)
     candidates = []
     for site in sites:
@@ -645,7 +655,18 @@ def _plan(
         new = m + added.get(site.name, 0)
         added[site.name] = added.get(site.name, 0) + 1
         plan.append(
-            Split(site.name, j, new, kind, lmin, lmax, weights, 0.5 * eps**2 * gain, gain, offsets)
+            Split(
+                layer=site.name,
+                neuron=j,
+                new_neuron=new,
+                kind=kind,
+                lambda_min=lmin,
+                lambda_max=lmax,
+                weights=weights,
+                predicted_change=0.5 * eps**2 * gain + 0.0,  # + 0.0: no "-0" at eps = 0
+                gain=gain,
+                offsets=offsets,
+            )
         )
     return plan
 
@@ -776,6 +797,7 @@ def grow(
         },
         params_before=_count(model),
         params_after=_count(grown),
+        tolerance=_tolerance(model, spectra),
     )
     return grown, report
 

@@ -1,0 +1,297 @@
+"""Splitting steepest descent: the splitting matrix, its spectrum, and the predicted loss change.
+
+Everything runs in float64 so that second-order effects of size ε² stay far above rounding.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import unroll
+from unroll.errors import UnrollError
+from unroll.grow import find_sites, splitting_matrices, splitting_spectra
+from unroll.parallel import Residual
+
+DT = torch.float64
+
+
+def _mlp(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 4), nn.Softplus(), nn.Linear(4, 3)
+    ).to(DT)
+
+
+def _cnn(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=1),
+        nn.Tanh(),
+        nn.Conv2d(3, 4, 3, stride=2),
+        nn.SiLU(),
+        nn.AvgPool2d(3),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    ).to(DT)
+
+
+def _resnet(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    block = lambda: Residual(nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 4)))  # noqa: E731
+    return nn.Sequential(nn.Linear(5, 4), block(), block(), nn.Linear(4, 3)).to(DT)
+
+
+def _data(model: nn.Module, n: int = 40, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    shape = (n, 2, 7, 7) if isinstance(model[0], nn.Conv2d) else (n, 5)
+    return torch.randn(shape, generator=g, dtype=DT), torch.randint(0, 3, (n,), generator=g)
+
+
+MODELS = {"mlp": _mlp, "cnn": _cnn, "resnet": _resnet}
+loss_fn = F.cross_entropy
+
+
+def test_sites_found_and_relu_rejected():
+    assert [s.name for s in find_sites(_mlp())] == ["0", "2"]
+    assert [s.name for s in find_sites(_resnet())] == ["1.f.0", "2.f.0"]
+    cnn = find_sites(_cnn())
+    assert [(s.name, s.flatten) for s in cnn] == [("0", False), ("2", True)]
+    relu = nn.Sequential(nn.Linear(5, 6), nn.ReLU(), nn.Linear(6, 3)).to(DT)
+    with pytest.raises(UnrollError, match="no growable layer"):
+        unroll.grow(relu, _data(relu), loss_fn)
+
+
+def test_exact_matrix_is_the_definition():
+    """S_j = Σ_n ∂L/∂z_nj σ''(u_nj) x̃_n x̃_nᵀ, written out by hand for tanh."""
+    model = _mlp()
+    x, y = _data(model)
+    lin, out = model[0], model[2:]
+    u = lin(x)
+    z = torch.tanh(u)
+    (g,) = torch.autograd.grad(loss_fn(out(z), y), z)
+    d2 = -2 * torch.tanh(u) * (1 - torch.tanh(u) ** 2)
+    xt = torch.cat([x, torch.ones(len(x), 1, dtype=DT)], 1)
+    reference = torch.einsum("nj,nd,ne->jde", (g * d2).detach(), xt, xt)
+    S = splitting_matrices(model, (x, y), loss_fn)["0"]
+    assert S.shape == (6, 6, 6)
+    torch.testing.assert_close(S, reference, rtol=1e-10, atol=1e-14)
+
+
+def test_batches_are_weighted_by_size():
+    model = _mlp()
+    x, y = _data(model, n=30)
+    whole = splitting_matrices(model, (x, y), loss_fn)
+    parts = splitting_matrices(model, [(x[:7], y[:7]), (x[7:], y[7:])], loss_fn)
+    for name in whole:
+        torch.testing.assert_close(parts[name], whole[name], rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("kind", ["wide", "cnn"])
+def test_rayleigh_quotient_matches_eigh(kind):
+    """Matrix-free λ_min, λ_max (products S v only) against eigh of the exact S."""
+    if kind == "wide":
+        torch.manual_seed(3)
+        model = nn.Sequential(nn.Linear(60, 5), nn.Tanh(), nn.Linear(5, 3)).to(DT)
+        g = torch.Generator().manual_seed(4)
+        data = (
+            torch.randn(200, 60, generator=g, dtype=DT),
+            torch.randint(0, 3, (200,), generator=g),
+        )
+        iters = 45  # fewer steps than d = 61: the answer must come from convergence
+    else:  # products through F.conv2d against S from unfolded patches
+        model = _cnn()
+        data = _data(model, n=16)
+        iters = 40
+    exact = splitting_matrices(model, data, loss_fn)
+    fast = splitting_spectra(model, data, loss_fn, exact=False, iters=iters, tol=1e-10)
+    for name, S in exact.items():
+        lam, vec = torch.linalg.eigh(S)
+        scale = lam.abs().amax(1)
+        sp = fast[name]
+        assert ((sp.lambda_min - lam[:, 0]).abs() <= 1e-8 * scale).all()
+        assert ((sp.lambda_max - lam[:, -1]).abs() <= 1e-8 * scale).all()
+        # eigenvectors up to sign (the spectra here have simple ends)
+        assert ((sp.v_min * vec[:, :, 0]).sum(1).abs() > 1 - 1e-6).all()
+        assert ((sp.v_max * vec[:, :, -1]).sum(1).abs() > 1 - 1e-6).all()
+
+
+def _loss(model, data) -> float:
+    with torch.no_grad():
+        return float(loss_fn(model(data[0]), data[1]))
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("method", ["positive", "signed"])
+def test_same_function_at_eps_zero_and_ordinary_module(name, method):
+    model = MODELS[name]()
+    data = _data(model)
+    grown, report = unroll.grow(model, data, loss_fn, method=method, eps=0.0, fraction=1.0)
+    assert report.splits, "this network has neurons to split"
+    assert report.params_after > report.params_before
+    assert sum(p.numel() for p in grown.parameters()) == report.params_after
+    with torch.no_grad():
+        torch.testing.assert_close(grown(data[0]), model(data[0]), rtol=0, atol=1e-12)
+    # the original is untouched, the grown model trains with a fresh optimiser
+    assert sum(p.numel() for p in model.parameters()) == report.params_before
+    opt = torch.optim.Adam(grown.parameters(), lr=1e-2)
+    before = _loss(grown, data)
+    for _ in range(5):
+        opt.zero_grad()
+        loss_fn(grown(data[0]), data[1]).backward()
+        opt.step()
+    assert _loss(grown, data) < before
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+@pytest.mark.parametrize("method", ["positive", "signed"])
+def test_predicted_change_is_second_order_exact(name, method):
+    """(L(grown) − L) / predicted → 1 as ε → 0: |ratio − 1| = O(ε).
+
+    The constant 0.1 is not fitted: the offsets are ε times unit vectors and the losses are
+    O(1), so a wrong factor in the prediction (a lost ½, the wrong eigenvalue, offsets not
+    summing to zero) leaves |ratio − 1| = O(1) and fails at every ε here.
+    """
+    model = MODELS[name]()
+    data = _data(model)
+    base = _loss(model, data)
+    for eps in [0.01, 0.003, 0.001]:
+        grown, report = unroll.grow(model, data, loss_fn, method=method, eps=eps, fraction=0.5)
+        assert report.predicted_change < 0
+        ratio = (_loss(grown, data) - base) / report.predicted_change
+        assert abs(ratio - 1) < 0.1 * eps, (eps, ratio)
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_s2d_prediction_error_is_of_order_eps_squared(name):
+    """For S2D the third-order term cancels: the copies θ ± εv with weights ½, ½ add
+    ½((v·x)³ − (v·x)³) = 0 at order ε³, so |ratio − 1| falls like ε² (slope 2 ± 0.3)."""
+    model = MODELS[name]()
+    data = _data(model)
+    base = _loss(model, data)
+    eps = np.array([0.1, 0.03, 0.01, 0.003])
+    errors = []
+    for e in eps:
+        grown, report = unroll.grow(model, data, loss_fn, method="positive", eps=float(e))
+        errors.append(abs((_loss(grown, data) - base) / report.predicted_change - 1))
+    slope = np.polyfit(np.log(eps), np.log(errors), 1)[0]
+    assert abs(slope - 2) < 0.3, (errors, slope)
+
+
+def test_prediction_is_the_formula_for_the_offsets_taken():
+    """Σ (ε²/2) w_i δ_iᵀ S δ_i recomputed from the grown model's own parameters."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3)).to(DT)
+    data = _data(model)
+    eps = 0.05
+    grown, report = unroll.grow(model, data, loss_fn, method="signed", eps=eps, fraction=1.0)
+    assert {s.kind for s in report.splits} == {"positive", "signed"}
+    S = splitting_matrices(model, data, loss_fn)["0"]
+    theta_old = torch.cat([model[0].weight, model[0].bias[:, None]], 1).detach()
+    theta_new = torch.cat([grown[0].weight, grown[0].bias[:, None]], 1).detach()
+    cols = grown[2].weight.detach()
+    total = 0.0
+    for s in report.splits:
+        j, k = s.neuron, s.new_neuron
+        deltas = (theta_new[j] - theta_old[j], theta_new[k] - theta_old[j])
+        # the consumer's two columns are w_1 c and w_2 c for the original column c
+        torch.testing.assert_close(cols[:, j] + cols[:, k], model[2].weight[:, j].detach())
+        rho = float(cols[:, k] @ cols[:, j] / (cols[:, j] @ cols[:, j]))
+        w = (1 / (1 + rho), rho / (1 + rho))
+        assert abs(w[0]) + abs(w[1]) == pytest.approx(1 if s.kind == "positive" else 3)
+        assert (w[0] * deltas[0] + w[1] * deltas[1]).abs().max() < 1e-12
+        total += sum(0.5 * wi * float(di @ S[j] @ di) for wi, di in zip(w, deltas, strict=True))
+    split = {s.neuron for s in report.splits}
+    keep = [i for i in range(8) if i not in split]
+    assert torch.equal(theta_new[keep], theta_old[keep])
+    assert total == pytest.approx(report.predicted_change, rel=1e-9)
+
+
+def _stable_network():
+    """A network whose every hidden neuron has a positive definite splitting matrix.
+
+    Inputs and first-layer weights are positive, so u > 0 and tanh''(u) < 0; output weights are
+    positive and the targets lie far above the outputs, so ∂L/∂z < 0. Then ∂L/∂z·σ''(u) > 0 for
+    every sample and S = Σ (positive) x̃ x̃ᵀ is positive definite: no positive split helps.
+    """
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 3), nn.Tanh(), nn.Linear(3, 1)).to(DT)
+    with torch.no_grad():
+        model[0].weight.uniform_(0.2, 0.6)
+        model[0].bias.uniform_(0.0, 0.2)
+        model[2].weight.uniform_(0.5, 1.0)
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(12, 2, generator=g, dtype=DT) + 0.1
+    y = torch.full((12, 1), 5.0, dtype=DT)
+    return model, (x, y)
+
+
+def test_signed_splitting_descends_where_s2d_is_stuck():
+    model, data = _stable_network()
+    mse = F.mse_loss
+    S = splitting_matrices(model, data, mse)["0"]
+    assert (torch.linalg.eigvalsh(S)[:, 0] > 0).all()  # the construction holds
+
+    _, positive = unroll.grow(model, data, mse, method="positive", eps=0.1, fraction=1.0)
+    assert positive.stable
+    assert positive.splits == ()
+
+    with torch.no_grad():
+        base = float(mse(model(data[0]), data[1]))
+    grown, signed = unroll.grow(model, data, mse, method="signed", eps=0.1, fraction=1.0)
+    assert len(signed.splits) == 3 and all(s.kind == "signed" for s in signed.splits)
+    with torch.no_grad():
+        after = float(mse(grown(data[0]), data[1]))
+    assert after < base
+    assert (after - base) / signed.predicted_change == pytest.approx(1, abs=0.05)
+
+
+def test_fraction_and_budget_limit_the_splits():
+    model = _mlp()
+    data = _data(model)
+    _, all_ = unroll.grow(model, data, loss_fn, fraction=1.0)
+    _, few = unroll.grow(model, data, loss_fn, fraction=0.2)  # ceil(0.2 · 10 neurons)
+    assert len(few.splits) == 2 < len(all_.splits)
+    # the best predicted changes are taken first
+    assert [s.gain for s in few.splits] == sorted(s.gain for s in all_.splits)[:2]
+    cheapest = min((5 + 1) + 4, (6 + 1) + 3)  # θ plus the consumer's column, per layer
+    _, none = unroll.grow(model, data, loss_fn, fraction=1.0, budget=cheapest - 1)
+    assert none.splits == ()
+    _, capped = unroll.grow(model, data, loss_fn, fraction=1.0, budget=25)
+    assert 0 < capped.params_after - capped.params_before <= 25
+
+
+@pytest.mark.parametrize(
+    "kwargs, word",
+    [
+        ({"method": "greedy"}, "method"),
+        ({"fraction": 0.0}, "fraction"),
+        ({"budget": -1}, "budget"),
+        ({"eps": float("nan")}, "eps"),
+        ({"c": 1.0}, "c "),
+    ],
+)
+def test_bad_arguments_name_themselves(kwargs, word):
+    model = _mlp()
+    with pytest.raises(UnrollError, match=word):
+        unroll.grow(model, _data(model), loss_fn, **kwargs)
+
+
+def test_report_table_lists_every_split():
+    model = _mlp()
+    _, report = unroll.grow(model, _data(model), loss_fn, fraction=0.5)
+    lines = report.table().splitlines()
+    assert len(lines) == 2 + len(report.splits)
+    assert "predicted loss change" in lines[0]
+
+
+def test_unroll_grow_is_callable_after_importing_the_module():
+    import unroll.grow as module
+
+    assert callable(unroll.grow)
+    model = _mlp()
+    grown, report = module(model, _data(model), loss_fn, fraction=0.1)
+    assert len(report.splits) == 1
