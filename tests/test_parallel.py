@@ -1,0 +1,129 @@
+"""Deep to parallel: the truncated expansion of a residual stack, against the stack itself."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import unroll
+from unroll.errors import UnrollError
+from unroll.parallel import Parallel, Residual
+
+DT = torch.float64
+
+
+class Scaled(nn.Module):
+    """ε·g: a branch whose size is set by ε."""
+
+    def __init__(self, g: nn.Module, eps: float):
+        super().__init__()
+        self.g, self.eps = g, eps
+
+    def forward(self, x):
+        return self.eps * self.g(x)
+
+
+class Block(nn.Module):
+    """A residual block of another shape: the branch is called ``branch``."""
+
+    def __init__(self, branch: nn.Module):
+        super().__init__()
+        self.branch = branch
+
+    def forward(self, x):
+        return x + self.branch(x)
+
+
+def _branches(k: int, dim: int = 5, seed: int = 0) -> list[nn.Module]:
+    torch.manual_seed(seed)
+    return [nn.Sequential(nn.Linear(dim, 7), nn.Tanh(), nn.Linear(7, dim)).to(DT) for _ in range(k)]
+
+
+def _x(n: int = 16, dim: int = 5) -> torch.Tensor:
+    return torch.randn(n, dim, generator=torch.Generator().manual_seed(1), dtype=DT)
+
+
+@pytest.mark.parametrize("order, expected", [(1, 2.0), (2, 3.0)])
+def test_truncation_error_has_the_order_of_the_expansion(order, expected):
+    """Branches ε·g_k: the first neglected terms are O(ε²) (order 1) and O(ε³) (order 2)."""
+    gs, x = _branches(4), _x()
+    eps = np.logspace(-3, -1, 5)
+    errors = []
+    for e in eps:
+        deep = nn.Sequential(*[Residual(Scaled(g, float(e))) for g in gs])
+        wide = unroll.parallelize(deep, order=order)
+        with torch.no_grad():
+            errors.append(float((deep(x) - wide(x)).norm()))
+    slope = np.polyfit(np.log(eps), np.log(errors), 1)[0]
+    assert abs(slope - expected) < 0.3, (errors, slope)
+
+
+def test_order_two_beats_order_one_at_small_branches():
+    gs, x = _branches(3), _x()
+    deep = nn.Sequential(*[Residual(Scaled(g, 0.01)) for g in gs])
+    with torch.no_grad():
+        e1 = (deep(x) - unroll.parallelize(deep, 1)(x)).norm()
+        e2 = (deep(x) - unroll.parallelize(deep, 2)(x)).norm()
+    assert e2 < 0.05 * e1
+
+
+def test_cross_terms_are_the_jacobian_products():
+    """Order 2 minus order 1 is Σ_{k>j} J_{f_k}(x) f_j(x), built here from full Jacobians."""
+    gs, x = _branches(3), _x(n=4)
+    deep = nn.Sequential(*[Residual(g) for g in gs])
+    with torch.no_grad():
+        cross = unroll.parallelize(deep, 2)(x) - unroll.parallelize(deep, 1)(x)
+    expected = torch.zeros_like(x)
+    for n in range(len(x)):
+        for k in range(3):
+            J = torch.autograd.functional.jacobian(gs[k], x[n])
+            for j in range(k):
+                expected[n] += J @ gs[j](x[n]).detach()
+    torch.testing.assert_close(cross, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_exact_for_one_block(order):
+    (g,) = _branches(1)
+    deep = nn.Sequential(Residual(g))
+    x = _x()
+    with torch.no_grad():
+        assert torch.equal(unroll.parallelize(deep, order)(x), deep(x))
+
+
+def test_share_or_copy():
+    gs = _branches(2)
+    deep = nn.Sequential(Residual(gs[0]), Block(gs[1]))
+    shared = unroll.parallelize(deep, share=True)
+    copied = unroll.parallelize(deep, share=False)
+    assert shared.branches[0] is gs[0] and shared.branches[1] is gs[1]
+    for a, b in zip(copied.parameters(), deep.parameters(), strict=True):
+        assert a is not b and torch.equal(a, b)
+    x = _x()
+    with torch.no_grad():
+        before = copied(x)
+        gs[0][0].weight.add_(1.0)
+        torch.testing.assert_close(copied(x), before, rtol=0, atol=0)
+        assert not torch.equal(shared(x), before)
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_trains_by_backprop(order):
+    gs, x = _branches(3), _x()
+    wide = unroll.parallelize(nn.Sequential(*[Residual(g) for g in gs]), order)
+    wide(x).square().sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in wide.parameters())
+
+
+def test_bad_inputs_are_named():
+    with pytest.raises(UnrollError, match=r"model\[1\]"):
+        unroll.parallelize(nn.Sequential(Residual(nn.Identity()), nn.Linear(3, 3)))
+    with pytest.raises(UnrollError, match="nn.Sequential"):
+        unroll.parallelize(Residual(nn.Identity()))
+    with pytest.raises(UnrollError, match="order"):
+        unroll.parallelize(nn.Sequential(Residual(nn.Identity())), order=3)
+    wide = Parallel([nn.Linear(5, 2)])
+    with pytest.raises(UnrollError, match="branch 0"):
+        wide(torch.zeros(1, 5))
