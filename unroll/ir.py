@@ -73,7 +73,7 @@ def operator_kind(fn: sp.Basic) -> str | None:
 
 def offset(ref: sp.Indexed, k: sp.Symbol) -> int:
     """j for the state value x_<k+j>."""
-    j = sp.simplify(ref.indices[0] - k)
+    j = sp.expand(ref.indices[0] - k)
     if not j.is_Integer:
         raise ValueError(f"{ref} is not indexed as {k} plus an integer")
     return int(j)

@@ -280,7 +280,7 @@ class _Parser:
         value = self.product()
         while self.is_op("+", "-"):
             op = self.take()
-            if self.tok.kind == "end" or self.is_op(")", "+", "-", "*", "/", "^", "**", ","):
+            if self.tok.kind == "end" or self.is_op(")", "*", "/", "^", "**", ","):
                 raise self.error(f"expected an expression after {op.text!r}")
             rhs = self.product()
             value = value + rhs if op.text == "+" else value - rhs
@@ -393,9 +393,9 @@ class _Parser:
                     )
                 return self.ctx.indexed(name, off, tok, self)
         if raw in ACTIVATION_NAMES:
-            return ir.ACT(*self.single_arg(raw))
+            return ir.ACT(*self.single_arg(raw, tok))
         if name in ir.ELEMENTARY:
-            return ir.ELEMENTARY[name](*self.single_arg(name))
+            return ir.ELEMENTARY[name](*self.single_arg(name, tok))
         if ir.is_branch_name(name):
             if not self.is_op("("):
                 raise self.error(f"{name} is an operator: write {name}(x_k) or {name}(t, x_k)", tok)
@@ -407,7 +407,7 @@ class _Parser:
             return ir.branch(name)(*args)
         if ir.is_linear_name(name):
             if self.is_op("("):
-                return ir.linear(name)(*self.single_arg(name))
+                return ir.linear(name)(*self.single_arg(name, tok))
             if not self.starts_atom():
                 raise self.error(
                     f"{name} is a linear operator: write {name} x_k or {name}(x_k)", tok
@@ -421,8 +421,7 @@ class _Parser:
             return ir.T
         return self.ctx.plain(name, tok, self)
 
-    def single_arg(self, name: str) -> list[sp.Expr]:
-        tok = self.tok
+    def single_arg(self, name: str, tok: Token) -> list[sp.Expr]:
         args = self.call_args(name)
         if len(args) != 1:
             raise self.error(f"{name} takes one argument, not {len(args)}", tok)

@@ -211,9 +211,13 @@ def run(
         startup_steps = 0
     else:
         boot = _startup_stepper(scheme, ops, values)
+    ref = next(iter(current.values()))
     for k in range(steps):
         stepper_k = boot if k < startup_steps else stepper
-        new = stepper_k.step(history, k, t0 + k * dt)
+        t = torch.tensor(
+            t0 + k * dt, dtype=ref.dtype, device=ref.device
+        )  # a tensor, as torchdiffeq
+        new = stepper_k.step(history, k, t)
         for name, value in new.items():
             history[name] = [value, *history[name][:-1]]
         if path is not None:

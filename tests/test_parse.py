@@ -1,0 +1,128 @@
+"""The scheme-text front end: what parses to what, and what is refused with which message."""
+
+import pytest
+import sympy as sp
+
+import unroll
+from unroll import ir
+from unroll.parse import parse
+
+k = ir.index_symbol("k")
+n = ir.index_symbol("n")
+x, u, y = sp.IndexedBase("x"), sp.IndexedBase("u"), sp.IndexedBase("y")
+α, β, h, a = sp.symbols("α β h a")
+f, grad = sp.Function("f"), ir.GRAD
+
+
+def rhs(text, i=-1):
+    return parse(text)[i].rhs
+
+
+def test_heavy_ball_with_implicit_multiplication_and_bare_gradient():
+    got = rhs("x_<k+1> = x_k + β(x_k - x_<k-1>) - α∇F")
+    assert sp.expand(got - (x[k] + β * (x[k] - x[k - 1]) - α * grad(x[k]))) == 0
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "x_{k+1} = x_k + β(x_k - x_{k-1}) - α∇F",
+        "x_<k+1> = x_k + beta*(x_k - x_<k - 1>) - alpha grad F",
+        r"x_{k+1} = x_k + \beta (x_k - x_{k-1}) - \alpha \nabla F(x_k)",
+        "x_<k+1> = x_k + β(x_k - x_<k-1>) - α*∇F(x_k)",
+        "x_{k+2} = x_{k+1} + β(x_{k+1} - x_k) - α∇F",  # shifted: newest value at k+2
+    ],
+)
+def test_spellings_of_the_same_scheme(text):
+    assert parse(text) == parse("x_<k+1> = x_k + β(x_k - x_<k-1>) - α∇F")
+
+
+def test_index_letter_comes_from_the_left_hand_side_so_k_can_be_a_coefficient():
+    (eq,) = parse("u_<n+1> = u_n + k f(u_n)")
+    assert eq.lhs == u[n + 1]
+    assert sp.expand(eq.rhs - (u[n] + sp.Symbol("k") * f(ir.T, u[n]))) == 0
+
+
+def test_stages_and_fractions_with_juxtaposition():
+    eqs = parse("a = f(x_k); x_<k+1> = x_k + h/6 (a + 2a) + 2h f(t + h/2, x_k)")
+    assert eqs[0] == sp.Eq(a, f(ir.T, x[k]), evaluate=False)
+    want = x[k] + h / 6 * (3 * a) + 2 * h * f(ir.T + h / 2, x[k])
+    assert sp.expand(eqs[1].rhs - want) == 0
+
+
+def test_equations_separated_by_newlines_and_semicolons_keep_their_order():
+    eqs = parse("y_k = x_k + β(x_k - x_<k-1>)\nx_<k+1> = y_k - α∇F(y_k)")
+    assert [e.lhs for e in eqs] == [sp.Symbol("y"), x[k + 1]]
+    assert eqs[1].rhs == sp.Symbol("y") - α * grad(sp.Symbol("y"))
+
+
+def test_operators():
+    (eq,) = parse("x_<k+1> = σ(W x_k + b) + W_2(x_k) + exp(-h) sqrt(x_k)")
+    b = sp.Symbol("b")
+    want = (
+        ir.ACT(sp.Function("W")(x[k]) + b) + sp.Function("W_2")(x[k]) + sp.exp(-h) * sp.sqrt(x[k])
+    )
+    assert sp.expand(eq.rhs - want) == 0
+
+
+def test_powers_numbers_and_precedence():
+    (eq,) = parse("x_<k+1> = -2^2 x_k + 1.5e1 x_k ** 2 / 3 + 0.25")
+    assert sp.expand(eq.rhs - (-4 * x[k] + 5 * x[k] ** 2 + sp.Rational(1, 4))) == 0
+    assert all(isinstance(q, sp.Rational) for q in eq.rhs.atoms(sp.Number))
+
+
+@pytest.mark.parametrize(
+    "text, message, column",
+    [
+        ("x_<k+1> = x_k + (a", "unbalanced parentheses", 17),
+        ("x_<k+1> = x_k + a)", "unbalanced parentheses", 18),
+        ("x_<k+1> = x_k @ a", "unknown operator '@'", 15),
+        ("x_<k+1> = ∇G(x_k)", "unknown operator", 11),
+        ("x_<k+1> = x_<k+2>", "x_<k+2> is ahead of the newest value", 11),
+        ("x_<k+1> = z_k", "z is not a state", 11),
+        ("x_k + 1 = 2", "left-hand side", 1),
+        ("3 = x_k", "left-hand side", 1),
+        ("x_<k+1> = x_k + 1e999", "non-finite number", 17),
+        ("x_<k+1> = x_k + inf", "non-finite number", 17),
+        ("x_<k+1> = x_k +", "expected an expression after '+'", 16),
+        ("x_<k+1> = ", "missing right-hand side", 11),
+        ("x_<k+1> x_k", "expected an equation", 1),
+        ("x_<k+1> = x_k = 2", "a second '='", 15),
+        ("a = 3", "no state is advanced", 1),
+        ("x_<k+1> = x_k; y_<n+1> = y_n", "index letter 'n' differs", 16),
+        ("x_<k+1> = x_k; x_<k+1> = 2x_k", "computed twice", 16),
+        ("x_<k+1> = f x_k", "f is an operator", 11),
+        ("x_<k+1> = x_k - F(x_k)", "F is the objective", 17),
+        ("x_<k+1> = x_k + x", "x is a state", 17),
+        ("x_<k+1> = φ(x_k, x_k)", "takes one argument", 11),
+        ("x_<k+1> = x_k + x_<j+1>", "does not use the index letter", 18),
+        ("a = f(x_k); x_<k+1> = a_<k-1>", "a is a stage", 23),
+        ("x_<k+1> = x_k / 0", "division by zero", 15),
+    ],
+)
+def test_malformed_input_names_what_and_where(text, message, column):
+    with pytest.raises(unroll.UnrollError) as info:
+        parse(text)
+    text_of_error = str(info.value)
+    assert message in text_of_error
+    assert f"column {column})" in text_of_error
+    # The caret sits under the reported column.
+    caret_line = text_of_error.splitlines()[-1]
+    assert caret_line.index("^") - 2 == column - 1
+
+
+@pytest.mark.parametrize("text", ["", "  \n ; \n"])
+def test_empty_scheme(text):
+    with pytest.raises(unroll.UnrollError, match="empty scheme"):
+        parse(text)
+
+
+def test_errors_on_later_lines_name_the_line():
+    with pytest.raises(unroll.UnrollError, match=r"line 2, column 11"):
+        parse("a = f(x_k)\nx_<k+1> = q_k")
+
+
+def test_parser_never_evaluates_python():
+    # A string that would have side effects under eval is just refused as scheme text.
+    with pytest.raises(unroll.UnrollError):
+        parse("x_<k+1> = __import__('os').system('true')")

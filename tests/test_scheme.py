@@ -1,0 +1,177 @@
+"""`Scheme`: derived facts, validation of SymPy input, printing back (a property test)."""
+
+import dataclasses
+
+import pytest
+import sympy as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import unroll
+from unroll import ir
+
+
+def test_derived_facts_of_nesterov_with_schedule():
+    s = unroll.schemes["nesterov_schedule"]
+    assert s.kind == "optimizer" and s.is_explicit
+    assert {n: (st.depth, st.scalar) for n, st in s.states.items()} == {
+        "x": (2, False),
+        "θ": (2, True),
+    }
+    assert s.stages == ("β", "y")
+    assert list(s.parameters) == ["α"]
+    assert s.states["θ"].init == 1
+
+
+@pytest.mark.parametrize(
+    "text, kind",
+    [
+        ("x_<k+1> = x_k - α∇F", "optimizer"),
+        ("x_<k+1> = x_k + h f(x_k)", "ode"),
+        ("x_<k+1> = φ(W x_k + b)", "layer"),
+        ("x_<k+1> = W x_k", "layer"),
+    ],
+)
+def test_kind(text, kind):
+    assert unroll.compile(text).kind == kind
+
+
+def test_a_scheme_without_operators_is_refused():
+    with pytest.raises(unroll.UnrollError, match="uses no operator"):
+        unroll.compile("x_<k+1> = 2 x_k")
+
+
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ("x_<k+1> = x_k + h f(x_<k+1>)", "x_<k+1> is used in equation 1 before equation 1"),
+        (
+            "a = f(x_k + h b); b = f(x_k + h a); x_<k+1> = x_k + h/2 (a + b)",
+            "stage b is used in equation 1",
+        ),
+        (
+            "y_<k+1> = x_<k+1>; x_<k+1> = x_k + h f(y_k)",
+            "x_<k+1> is used in equation 1 before equation 2",
+        ),
+    ],
+)
+def test_implicit_schemes_are_reported_and_not_run(text, reason):
+    import torch
+
+    s = unroll.compile(text)
+    assert not s.is_explicit
+    assert reason in s.implicit_reason
+    with pytest.raises(unroll.UnrollError, match="implicit"):
+        s.run(torch.zeros(2), 1, f=lambda t, x: x, h=0.1)
+
+
+def test_a_new_value_computed_by_an_earlier_equation_is_explicit():
+    s = unroll.compile("v_<k+1> = γ v_k + f(x_k); x_<k+1> = x_k + v_<k+1>")
+    assert s.is_explicit and s.kind == "ode"
+
+
+def test_history_depth():
+    s = unroll.schemes["ab3"]
+    assert s.states["x"].depth == 3
+    assert unroll.schemes["admm"].states["x"].depth == 0  # x_k is never read
+
+
+def test_scheme_is_frozen_and_hashable():
+    s = unroll.schemes["heavy_ball"]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.name = "other"
+    assert hash(s) == hash(unroll.load(unroll.library.SCHEME_DIR / "heavy_ball.yaml"))
+
+
+def test_sympy_equations_as_input():
+    k = ir.index_symbol("k")
+    x = sp.IndexedBase("x")
+    beta, alpha = sp.symbols("β α")
+    eq = sp.Eq(x[k + 1], x[k] + beta * (x[k] - x[k - 1]) - alpha * ir.GRAD(x[k]))
+    s = unroll.compile([eq])
+    assert s == unroll.compile("x_<k+1> = x_k + β(x_k - x_<k-1>) - α∇F")
+    # Floats become the exact decimals they print as.
+    s2 = unroll.compile([sp.Eq(x[k + 1], x[k] - sp.Float(0.1) * ir.GRAD(x[k]))])
+    assert s2 == unroll.compile("x_<k+1> = x_k - 0.1∇F")
+
+
+@pytest.mark.parametrize(
+    "eq, message",
+    [
+        (
+            lambda k, x: sp.Eq(x[k + 1], x[k] + sp.Function("mystery")(x[k])),
+            "unknown operator mystery",
+        ),
+        (lambda k, x: sp.Eq(x[k + 1], sp.IndexedBase("z")[k]), "z is not a state"),
+        (lambda k, x: sp.Eq(x[k + 2], x[k]), r"written at k\+1"),
+        (lambda k, x: sp.Eq(x[k + 1] + 1, x[k]), "left-hand side"),
+        (lambda k, x: sp.Eq(x[k + 1], x[k] + sp.oo * ir.GRAD(x[k])), "non-finite"),
+        (lambda k, x: sp.Eq(sp.IndexedBase("x")[sp.Symbol("k") + 1], x[k]), "integer symbol"),
+    ],
+)
+def test_invalid_sympy_input_names_the_symbol(eq, message):
+    k = ir.index_symbol("k")
+    with pytest.raises(unroll.UnrollError, match=message):
+        unroll.compile([eq(k, sp.IndexedBase("x"))])
+
+
+def test_latex():
+    latex = unroll.schemes["heavy_ball"].latex()
+    assert r"x_{k+1} =" in latex and r"\nabla F\left(x_{k}\right)" in latex and r"\beta" in latex
+    assert r"\varphi\left(" in unroll.schemes["hb_net"].latex()
+
+
+# -- print, then parse, gives the same scheme ---------------------------------------------
+
+PARAMS = ["α", "β", "h", "c_1", "lr", "γ"]
+
+
+@st.composite
+def expressions(draw, states, stages, depth=3):
+    """Scheme text for a random expression over the given states and stages."""
+    leaves = [f"{s}_k" for s in states] + [f"{s}_<k-1>" for s in states] + list(stages)
+    leaf = st.one_of(
+        st.sampled_from(leaves),
+        st.sampled_from(PARAMS),
+        st.integers(1, 9).map(str),
+        st.sampled_from(["1/2", "0.25", "3/4"]),
+    )
+    if depth == 0:
+        return draw(leaf)
+    sub = expressions(states, stages, depth - 1)
+    form = draw(st.integers(0, 9))
+    a, b = draw(sub), draw(sub)
+    return [
+        draw(leaf),
+        f"{a} + {b}",
+        f"{a} - {b}",
+        f"{a} {b}" if not b[:1].isdigit() else f"{a}*{b}",
+        f"({a})/{draw(st.integers(2, 7))}",
+        f"({a})^{draw(st.integers(2, 3))}",
+        f"∇F({a})",
+        f"f(t + h, {a})",
+        f"φ(W({a}) + b)",
+        f"-({a})",
+    ][form]
+
+
+@st.composite
+def scheme_texts(draw):
+    states = draw(st.lists(st.sampled_from(["x", "u", "v"]), min_size=1, max_size=2, unique=True))
+    stages: list[str] = []
+    lines = []
+    for name in draw(st.lists(st.sampled_from(["a", "q"]), max_size=2, unique=True)):
+        lines.append(f"{name} = {draw(expressions(states, stages))}")
+        stages.append(name)
+    for s in states:
+        lines.append(f"{s}_<k+1> = {s}_k + h f({draw(expressions(states, stages))})")
+    return "\n".join(lines)
+
+
+@settings(max_examples=60, deadline=None)
+@given(scheme_texts())
+def test_printing_then_parsing_gives_an_equal_scheme(text):
+    scheme = unroll.compile(text)
+    again = unroll.compile(str(scheme))
+    assert again == scheme
+    assert str(again) == str(scheme)

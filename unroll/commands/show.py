@@ -1,0 +1,55 @@
+"""`unroll show NAME|FILE|TEXT`: a scheme's equations, states, stages, parameters and kind."""
+
+from __future__ import annotations
+
+import click
+
+
+def describe(scheme) -> list[str]:
+    """The lines `unroll show` prints for ``scheme``."""
+    lines = [f"scheme: {scheme.name or '(from text)'}"]
+    if scheme.description:
+        lines.append(f"description: {scheme.description}")
+    lines.append(f"kind: {scheme.kind}")
+    explicit = "yes" if scheme.is_explicit else f"no ({scheme.implicit_reason})"
+    lines.append(f"explicit: {explicit}")
+    lines.append("equations:")
+    lines += [f"  {line}" for line in str(scheme).splitlines()]
+    states = ", ".join(
+        f"{s.name} (history {s.depth}"
+        + (f", starts at {s.init:g}" if s.init is not None else "")
+        + ")"
+        for s in scheme.states.values()
+    )
+    lines.append(f"states: {states}")
+    if scheme.stages:
+        lines.append(f"stages: {', '.join(scheme.stages)}")
+    params = []
+    for p in scheme.parameters.values():
+        bits = [] if p.default is None else [f"default {p.default:g}"]
+        bits += ["trainable"] if p.trainable else []
+        bits += ["per channel"] if p.per_channel else []
+        if p.bounds != (None, None):
+            lo, hi = (
+                "-inf" if p.bounds[0] is None else f"{p.bounds[0]:g}",
+                "inf" if p.bounds[1] is None else f"{p.bounds[1]:g}",
+            )
+            bits.append(f"in [{lo}, {hi}]")
+        params.append(p.name + (f" ({', '.join(bits)})" if bits else ""))
+    lines.append(f"parameters: {', '.join(params) or 'none'}")
+    if scheme.activation:
+        lines.append(f"activation: {scheme.activation}")
+    if scheme.startup:
+        lines.append(f"start-up scheme: {scheme.startup}")
+    return lines
+
+
+@click.command("show")
+@click.argument("scheme")
+def command(scheme: str) -> None:
+    """Show SCHEME (a bundled name, a YAML file or scheme text): equations, states, parameters."""
+    from ..library import resolve
+
+    s = resolve(scheme)
+    for line in describe(s):
+        click.echo(line)
