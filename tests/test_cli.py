@@ -8,6 +8,7 @@ from click.testing import CliRunner
 
 import unroll
 from unroll.cli import cli
+from unroll.library import SCHEME_DIR
 
 
 def invoke(*args):
@@ -25,7 +26,7 @@ def test_list_names_every_bundled_scheme():
     "spec",
     [
         "heavy_ball",
-        str(unroll.library.SCHEME_DIR / "heavy_ball.yaml"),
+        str(SCHEME_DIR / "heavy_ball.yaml"),
         "x_<k+1> = x_k + β(x_k - x_<k-1>) - α∇F",
     ],
 )

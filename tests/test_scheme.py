@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 import unroll
 from unroll import ir
+from unroll.library import SCHEME_DIR
 
 
 def test_derived_facts_of_nesterov_with_schedule():
@@ -80,7 +81,7 @@ def test_scheme_is_frozen_and_hashable():
     s = unroll.schemes["heavy_ball"]
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.name = "other"
-    assert hash(s) == hash(unroll.load(unroll.library.SCHEME_DIR / "heavy_ball.yaml"))
+    assert hash(s) == hash(unroll.load(SCHEME_DIR / "heavy_ball.yaml"))
 
 
 def test_sympy_equations_as_input():
