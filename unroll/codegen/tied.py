@@ -1,0 +1,516 @@
+"""One Triton kernel for a whole weight-tied unrolled network (forward and backward).
+
+When every layer shares its weight W, all ``depth`` layers of a dense network run in one
+persistent kernel: each program loads W once, keeps the states of its tile of rows in registers
+and never writes them back between layers. The pipeline::
+
+    layer  = layer_form(scheme)             # optimizer scheme -> its layer (prox-gradient reading)
+    step   = lower(scheme, activation)      # Scheme -> TiedStep: p, z = p Wᵀ, carried updates (SymPy)
+    adj    = step.adjoint()                 # TiedStep -> TiedAdjoint: the reverse step (SymPy)
+    text   = tied_source.source(step)       # -> Triton source: tied_forward, tied_backward
+    x      = tied_network(scheme, x0, W, depth, b=..., β=...)   # launch, with autograd
+
+The state history is carried as backward differences (x_k, x_k − x_{k−1}, ...), the velocity form:
+every carried value is recomputed each layer, never renamed (see `tied_source`).
+
+Backward: the forward stores each layer's input states (depth·B·n values per state, the minimum
+for an O(depth) reverse sweep: relu is not invertible, so states cannot be rebuilt from the
+output) and nothing else; the backward kernel recomputes p_k and z_k = p_k Wᵀ from them (one extra
+`tl.dot` per layer instead of another depth·B·n buffer written and read) and runs the adjoint
+recursion. dW = Σ_k dZ_kᵀ p_k is one deterministic reduction (`tied_gemm`); the parameters'
+gradients are summed per program and then over programs, in a fixed order.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import sympy as sp
+
+from .. import ir
+from ..errors import UnrollError
+from ..scheme import Parameter, Scheme
+
+# The widest network whose W (n × n) the kernel keeps on chip, by dtype: W must fit in the
+# shared memory of one SM (228 KB on an H100) next to the tiles of the states.
+MAX_WIDTH = {"bfloat16": 256, "float16": 256, "float32": 128, "float64": 64}
+
+
+# -- the optimizer scheme's layer ------------------------------------------------------------
+def layer_form(scheme: Scheme) -> Scheme:
+    """The layer scheme of ``scheme``: itself for layer schemes; for an optimizer step
+    ``x_<k+1> = E − α∇F(p)``, the proximal-gradient reading ``x_<k+1> = φ(W p + b + E − p)``
+    (BACKGROUND section 2; α is absorbed into W and b)."""
+    if scheme.kind == "layer":
+        return scheme
+    name = scheme.name or str(scheme)
+    if scheme.kind != "optimizer":
+        raise UnrollError(f"scheme {name!r} is an {scheme.kind} scheme: it has no dense layer form")
+    if "b" in scheme.parameters:
+        raise UnrollError(f"scheme {name!r} already has a parameter b, the layer's bias")
+    grads = [
+        (i, fn)
+        for i, eq in enumerate(scheme.equations)
+        for fn in ir.applications(eq.rhs)
+        if ir.operator_kind(fn) == "grad"
+    ]
+    if len(grads) != 1:
+        raise UnrollError(
+            f"scheme {name!r} applies ∇F {len(grads)} times; the layer form needs exactly one"
+        )
+    i, grad = grads[0]
+    eq = scheme.equations[i]
+    if not isinstance(eq.lhs, sp.Indexed):
+        raise UnrollError(
+            f"∇F in scheme {name!r} must appear in a state's equation, not stage {eq.lhs}"
+        )
+    g = sp.Dummy("g")
+    rhs = eq.rhs.xreplace({grad: g})
+    if sp.diff(rhs, g, 2) != 0 or g in sp.diff(rhs, g).free_symbols:
+        raise UnrollError(f"{eq.lhs} is not linear in ∇F: no proximal-gradient reading")
+    point = grad.args[0] if grad.args else scheme.state_value(eq.lhs.base.label.name, 0)
+    rest = rhs.subs(g, 0)
+    b = sp.Symbol("b")
+    layer = ir.ACT(ir.linear("W")(point) + b + rest - point)
+    eqs = list(scheme.equations)
+    eqs[i] = sp.Eq(eq.lhs, layer)
+    used = {s.name for e in eqs for s in ir.plain_symbols(e.rhs)}
+    specs = [p for p in scheme.parameter_specs if p.name in used]
+    specs.append(Parameter("b", 0.0, per_channel=True))
+    return Scheme(
+        tuple(eqs),
+        name=f"{scheme.name}_layer" if scheme.name else "",
+        description=f"the layer of {name} in the proximal-gradient reading",
+        parameter_specs=tuple(specs),
+        inits=scheme.inits,
+        architecture=scheme.architecture,
+    )
+
+
+# -- Scheme -> TiedStep ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class TiedAdjoint:
+    """One layer backwards, in the symbols of `TiedStep` plus ``adjoints`` (dL/d of each carried
+    value after the layer) and ``dp`` (dL/dp = dL/dz @ W, known after the second product)."""
+
+    adjoints: tuple[tuple[sp.Symbol, ...], ...]
+    dp: sp.Symbol
+    dz: sp.Expr  # dL/dz
+    carried: tuple[tuple[sp.Expr, ...], ...]  # dL/d(carried values before the layer)
+    scalars: tuple[sp.Expr, ...]  # this layer's dL/dq per element (summed by the kernel)
+    channels: tuple[sp.Expr, ...]
+
+
+@dataclass(frozen=True)
+class TiedStep:
+    """One layer ``p = P(c)``, ``z = p @ Wᵀ``, ``c' = G(z, c)`` of a weight-tied network.
+
+    ``carried[i][j]`` is the j-th backward difference of state ``states[i]`` (c_0 = the state,
+    c_1 = x_k − x_{k−1}, ...); ``point`` is P and ``update[i][j]`` is G for ``carried[i][j]``, in
+    the carried symbols, ``z`` and the parameter symbols ``q`` (scalars) and ``ch`` (per
+    channel), all real so that SymPy differentiates max as Heaviside."""
+
+    scheme: Scheme
+    activation: str
+    states: tuple[str, ...]
+    depths: tuple[int, ...]
+    scalars: tuple[str, ...]
+    channels: tuple[str, ...]
+    carried: tuple[tuple[sp.Symbol, ...], ...]
+    z: sp.Symbol
+    q: tuple[sp.Symbol, ...]
+    ch: tuple[sp.Symbol, ...]
+    point: sp.Expr
+    update: tuple[tuple[sp.Expr, ...], ...]
+
+    @property
+    def point_state(self) -> int | None:
+        """i when p is state i itself (then dW reads the stored states, no p buffer)."""
+        for i, row in enumerate(self.carried):
+            if self.point == row[0]:
+                return i
+        return None
+
+    def adjoint(self) -> TiedAdjoint:
+        """The reverse of one layer by symbolic differentiation (the chain rule through P, the
+        product and G)."""
+        adj = tuple(
+            tuple(sp.Symbol(f"a{i}_{j}", real=True) for j in range(len(row)))
+            for i, row in enumerate(self.carried)
+        )
+        dp = sp.Symbol("dp", real=True)
+        pairs = [
+            (a, g)
+            for arow, grow in zip(adj, self.update, strict=True)
+            for a, g in zip(arow, grow, strict=True)
+        ]
+
+        def through(sym: sp.Symbol) -> sp.Expr:
+            return sp.Add(*(a * sp.diff(g, sym) for a, g in pairs)) + dp * sp.diff(self.point, sym)
+
+        return TiedAdjoint(
+            adjoints=adj,
+            dp=dp,
+            dz=sp.Add(*(a * sp.diff(g, self.z) for a, g in pairs)),
+            carried=tuple(tuple(through(c) for c in row) for row in self.carried),
+            scalars=tuple(through(q) for q in self.q),
+            channels=tuple(through(c) for c in self.ch),
+        )
+
+
+def _ascii(name: str) -> str:
+    return name if name.isascii() and name.isidentifier() else "param"
+
+
+@functools.lru_cache(maxsize=64)
+def lower(scheme: Scheme, activation: str | None = None) -> TiedStep:
+    """``scheme``'s layer as a `TiedStep`; an `UnrollError` saying why when the tied kernel cannot
+    run it (that message is the fallback reason). Cached: schemes are frozen values."""
+    from .. import activations
+
+    layer = layer_form(scheme)
+    name = scheme.name or str(scheme)
+    if not layer.is_explicit:
+        raise UnrollError(f"scheme {name!r} is implicit ({layer.implicit_reason})")
+    if layer.startup:
+        raise UnrollError(f"scheme {name!r} takes its first steps with {layer.startup!r}")
+    scalar_states = [s for s, st in layer.states.items() if st.scalar]
+    if scalar_states:
+        raise UnrollError(
+            f"scheme {name!r} has the scalar state {scalar_states[0]} (a schedule); "
+            "the tied kernel carries tensor states only"
+        )
+    act_name = activation if activation is not None else layer.activation
+    if act_name is None:
+        raise UnrollError(f"scheme {name!r} names no activation: pass activation=")
+    if not isinstance(act_name, str):
+        raise UnrollError("activation= must be the name of a registered activation for the kernel")
+    act = activations.get(act_name)
+
+    states = tuple(layer.states)
+    depths = tuple(max(layer.states[s].depth, 1) for s in states)
+    carried = tuple(
+        tuple(sp.Symbol(f"c{i}_{j}", real=True) for j in range(d)) for i, d in enumerate(depths)
+    )
+    scalars = tuple(p for p, spec in layer.parameters.items() if not spec.per_channel)
+    channels = tuple(p for p, spec in layer.parameters.items() if spec.per_channel)
+    q = tuple(sp.Symbol(f"q{m}", real=True) for m in range(len(scalars)))
+    ch = tuple(sp.Symbol(f"ch{m}", real=True) for m in range(len(channels)))
+    z = sp.Symbol("z", real=True)
+
+    env: dict[sp.Basic, sp.Expr] = {}
+    for i, s in enumerate(states):
+        for j in range(depths[i]):  # x_{k-j} = (1 − ∇)^j x_k = Σ_l (−1)^l C(j, l) ∇^l x_k
+            env[layer.state_value(s, -j)] = sp.Add(
+                *((-1) ** m * math.comb(j, m) * carried[i][m] for m in range(j + 1))
+            )
+    env.update({sp.Symbol(p): sym for p, sym in zip(scalars, q, strict=True)})
+    env.update({sp.Symbol(p): sym for p, sym in zip(channels, ch, strict=True)})
+    phi = sp.Lambda(activations.v, act.expr)
+
+    point = None
+    new: dict[str, sp.Expr] = {}
+    for eq in layer.equations:
+        rhs = eq.rhs
+        for fn in ir.applications(eq.rhs):
+            kind = ir.operator_kind(fn)
+            if kind == "linear":
+                if point is not None or any(
+                    ir.operator_kind(g) == "linear" for g in ir.applications(fn.args[0])
+                ):
+                    raise UnrollError(
+                        f"scheme {name!r} applies W more than once per layer; "
+                        "the tied kernel does one product per layer"
+                    )
+                point = fn.args[0].xreplace(env).replace(ir.ACT, phi)
+                rhs = rhs.xreplace({fn: z})
+            elif kind in ("grad", "branch"):
+                raise UnrollError(f"scheme {name!r} uses {fn.func}, which no dense layer computes")
+        value = rhs.xreplace(env).replace(ir.ACT, phi)
+        env[eq.lhs] = value  # a stage, or the new value x_<k+1> later equations may read
+        if isinstance(eq.lhs, sp.Indexed):
+            new[eq.lhs.base.label.name] = value
+    if point is None:
+        raise UnrollError(
+            f"scheme {name!r} has no product W(...): nothing for the kernel to multiply"
+        )
+
+    update = []
+    for i, s in enumerate(states):
+        row = [new[s]]  # ∇^j x_{k+1} = ∇^{j−1} x_{k+1} − ∇^{j−1} x_k
+        for j in range(1, depths[i]):
+            row.append(row[-1] - carried[i][j - 1])
+        update.append(tuple(row))
+    allowed = {z, *q, *ch, *(c for row in carried for c in row)}
+    for expr in (point, *(e for row in update for e in row)):
+        extra = expr.free_symbols - allowed
+        if extra:
+            sym = sorted(map(str, extra))[0]
+            raise UnrollError(
+                f"scheme {name!r} uses {sym} (time, index or an unknown symbol) in its layer; "
+                "the tied kernel runs layers that depend only on states and parameters"
+            )
+    return TiedStep(
+        scheme=layer,
+        activation=act_name,
+        states=states,
+        depths=depths,
+        scalars=scalars,
+        channels=channels,
+        carried=carried,
+        z=z,
+        q=q,
+        ch=ch,
+        point=point,
+        update=tuple(update),
+    )
+
+
+# -- when the kernel runs --------------------------------------------------------------------
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def fallback_reason(scheme: Scheme, x0: Any, W: Any, activation: str | None = None) -> str | None:
+    """None when `tied_network` can run ``scheme`` on these tensors; else why not, in one line
+    (what `Scheme.network(..., tied=True)` reports when it falls back to the per-layer path)."""
+    import torch
+
+    try:
+        lower(scheme, activation)
+    except UnrollError as e:
+        return str(e)
+    tensors = list(x0.values()) if isinstance(x0, Mapping) else [x0]
+    ref = next((t for t in tensors if isinstance(t, torch.Tensor)), None)
+    if ref is None or not isinstance(W, torch.Tensor):
+        return "x0 and W must be tensors (W a dense (n, n) matrix)"
+    if W.dim() != 2 or W.shape[0] != W.shape[1]:
+        return f"W has shape {tuple(W.shape)}; a weight-tied layer needs a square (n, n) matrix"
+    n = W.shape[0]
+    if ref.shape[-1] != n:
+        return f"x0 has width {ref.shape[-1]} but W is {n} × {n}"
+    dtype = str(ref.dtype).removeprefix("torch.")
+    if W.dtype != ref.dtype:
+        return f"W is {W.dtype} but x0 is {ref.dtype}"
+    if dtype not in MAX_WIDTH:
+        return f"dtype {dtype} is not supported (supported: {', '.join(MAX_WIDTH)})"
+    if n > MAX_WIDTH[dtype]:
+        return (
+            f"width {n} exceeds {MAX_WIDTH[dtype]}, the widest {dtype} W the kernel keeps on chip"
+        )
+    if ref.device.type != "cuda" and not (ref.device.type == "cpu" and _interpreting()):
+        return (
+            f"the tensors are on {ref.device.type}; the kernel runs on CUDA "
+            "(or on the CPU under TRITON_INTERPRET=1)"
+        )
+    if W.device != ref.device:
+        return f"W is on {W.device} but x0 is on {ref.device}"
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return "Triton is not installed"
+    return None
+
+
+# -- launch ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LaunchConfig:
+    """Rows per program and warps; `launch_config` picks one, the benchmark sweeps others."""
+
+    block_m: int
+    num_warps: int
+
+
+def launch_config(n: int, dtype: Any) -> LaunchConfig:
+    """A starting point (not tuned on a GPU yet): fewer rows per program as W grows, so the
+    carried tiles stay in registers."""
+    if _interpreting():
+        return LaunchConfig(16, 4)
+    width = max(16, 1 << (n - 1).bit_length())
+    block_m = 128 if width <= 64 else (64 if width <= 128 else 32)
+    return LaunchConfig(block_m, 4 if width <= 64 else 8)
+
+
+def _tl_types(dtype):
+    import torch
+    import triton.language as tl
+
+    compute = tl.float64 if dtype == torch.float64 else tl.float32
+    allow_tf32 = dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32
+    return compute, ("tf32" if allow_tf32 else "ieee")
+
+
+class _Plan:
+    """What one call fixes: the step, its kernels, depth and launch shape (not a tensor)."""
+
+    def __init__(self, step: TiedStep, depth: int, n: int, config: LaunchConfig):
+        from . import tied_source
+
+        self.step, self.depth, self.n, self.config = step, depth, n, config
+        self.kernels = tied_source.module(step)
+        self.block_n = max(16, 1 << (n - 1).bit_length())
+
+
+def _forward(plan: _Plan, x0s, W, qs, chs, store: bool):
+    import torch
+    import triton
+
+    B, n = x0s[0].shape
+    compute, prec = _tl_types(W.dtype)
+    outs = [torch.empty((B, n), dtype=W.dtype, device=W.device) for _ in x0s]
+    trajs = [
+        torch.empty((plan.depth if store else 1, B, n), dtype=W.dtype, device=W.device) for _ in x0s
+    ]
+    strides = [s for x in x0s for s in x.stride()]
+    cfg = plan.config
+    plan.kernels.tied_forward[(triton.cdiv(B, cfg.block_m),)](
+        *x0s, *outs, *trajs, W, *qs, *chs, B, n, plan.depth, *strides, *W.stride(),
+        BLOCK_M=cfg.block_m, BLOCK_N=plan.block_n, PREC=prec, COMPUTE=compute, STORE=store,
+        num_warps=cfg.num_warps,
+    )  # fmt: skip
+    return outs, trajs
+
+
+def _backward(plan: _Plan, trajs, gouts, W, qs, chs):
+    import torch
+    import triton
+
+    from .tied_gemm import weight_grad
+
+    step, depth, cfg = plan.step, plan.depth, plan.config
+    _, B, n = trajs[0].shape
+    compute, prec = _tl_types(W.dtype)
+    acc = torch.float64 if W.dtype == torch.float64 else torch.float32
+    programs = triton.cdiv(B, cfg.block_m)
+    dx0s = [torch.empty((B, n), dtype=W.dtype, device=W.device) for _ in trajs]
+    dz = torch.empty((depth, B, n), dtype=W.dtype, device=W.device)
+    pi = step.point_state
+    pt = trajs[pi] if pi is not None else torch.empty_like(dz)
+    dq = torch.empty((programs, max(len(qs), 1)), dtype=acc, device=W.device)
+    dc = torch.empty((programs, max(len(chs), 1), n), dtype=acc, device=W.device)
+    strides = [s for g in gouts for s in g.stride()]
+    plan.kernels.tied_backward[(programs,)](
+        *trajs, *gouts, *dx0s, W, *qs, *chs, dz, pt, dq, dc, B, n, depth, *strides, *W.stride(),
+        BLOCK_M=cfg.block_m, BLOCK_N=plan.block_n, PREC=prec, COMPUTE=compute,
+        STORE_P=pi is None, num_warps=cfg.num_warps,
+    )  # fmt: skip
+    dW = weight_grad(
+        dz.view(depth * B, n), pt.view(depth * B, n), prec=prec, interpret=_interpreting()
+    )
+    # dL/dW_{oi} = Σ dz_o p_i: z = p Wᵀ.
+    return dx0s, dW, dq.sum(0)[: len(qs)], dc.sum(0)[: len(chs)]
+
+
+def _function():
+    import torch
+
+    class TiedNetwork(torch.autograd.Function):
+        """(plan, n_states, *x0s, W, *scalars, *channels) -> final states."""
+
+        @staticmethod
+        def forward(ctx, plan, ns, *tensors):
+            x0s, W = tensors[:ns], tensors[ns]
+            nq = len(plan.step.scalars)
+            qs, chs = tensors[ns + 1 : ns + 1 + nq], tensors[ns + 1 + nq :]
+            store = any(ctx.needs_input_grad[2:]) and plan.depth > 0
+            outs, trajs = _forward(plan, x0s, W, qs, chs, store)
+            ctx.plan, ctx.ns = plan, ns
+            if store:
+                ctx.save_for_backward(*trajs, W, *qs, *chs)
+            return tuple(outs)
+
+        @staticmethod
+        def backward(ctx, *gouts):
+            plan, ns = ctx.plan, ctx.ns
+            saved = ctx.saved_tensors
+            trajs, W = saved[:ns], saved[ns]
+            nq = len(plan.step.scalars)
+            qs, chs = saved[ns + 1 : ns + 1 + nq], saved[ns + 1 + nq :]
+            gouts = [g if g is not None else torch.zeros_like(trajs[0][0]) for g in gouts]
+            dx0s, dW, dq, dc = _backward(plan, trajs, gouts, W, qs, chs)
+            grads = [*dx0s, dW.to(W.dtype)]
+            grads += [dq[m].to(q.dtype).reshape(q.shape) for m, q in enumerate(qs)]
+            grads += [dc[m].to(c.dtype) for m, c in enumerate(chs)]
+            return (None, None, *grads)
+
+    return TiedNetwork
+
+
+_FUNCTION = None
+
+
+def tied_network(
+    scheme: Scheme,
+    x0: Any,
+    W: Any,
+    depth: int,
+    *,
+    activation: str | None = None,
+    config: LaunchConfig | None = None,
+    **params: Any,
+) -> Any:
+    """``depth`` layers of ``scheme`` sharing the weight W, in one Triton kernel (with autograd).
+
+    ``x0``: (..., n) tensor (or a mapping of state names to tensors); ``W``: (n, n), applied as
+    ``x @ Wᵀ``; ``params``: the layer's coefficients by name (``b`` per channel, shape (n,) or a
+    number; ``β``/``beta`` a number or 0-dim tensor), defaults from the scheme file. Optimizer
+    schemes run their layer (`layer_form`). Returns the final state, shaped like ``x0`` (a
+    mapping for a mapping), equal to ``layer_form(scheme).run(x0, depth, W=W, ...)``.
+    Raises `UnrollError` with `fallback_reason` when the kernel cannot run.
+    """
+    import torch
+
+    from ..run import canonical_params, initial_states
+
+    global _FUNCTION
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
+        raise UnrollError(f"depth must be a non-negative int, not {depth!r}")
+    reason = fallback_reason(scheme, x0, W, activation)
+    if reason is not None:
+        raise UnrollError(f"the tied kernel cannot run this network: {reason}")
+    step = lower(scheme, activation)
+    layer = step.scheme
+    starts, single = initial_states(layer, x0)
+    n = W.shape[0]
+    shape = next(iter(starts.values())).shape
+    for s in step.states:
+        if starts[s].shape != shape:
+            raise UnrollError(
+                f"x0[{s!r}] has shape {tuple(starts[s].shape)}, expected {tuple(shape)}"
+            )
+    x0s = [starts[s].reshape(-1, n) for s in step.states]
+
+    values: dict[str, Any] = dict(layer.defaults())
+    values.update(canonical_params(layer, params))
+    qs, chs = [], []
+    for p in (*step.scalars, *step.channels):
+        if p not in values:
+            raise UnrollError(f"missing value for parameter {p} (pass {p}=..., it has no default)")
+        v = values[p]
+        acc = torch.float64 if W.dtype == torch.float64 else torch.float32
+        t = v if isinstance(v, torch.Tensor) else torch.tensor(float(v), dtype=acc, device=W.device)
+        if not t.is_floating_point():
+            t = t.to(acc)
+        if p in step.scalars:
+            if t.numel() != 1:
+                raise UnrollError(f"parameter {p} is a scalar, got shape {tuple(t.shape)}")
+            qs.append(t.reshape(()))
+        else:
+            if t.dim() == 0 or t.shape == (1,):
+                t = t.reshape(()).expand(n)
+            if t.shape != (n,):
+                raise UnrollError(
+                    f"parameter {p} is per channel: shape ({n},), got {tuple(t.shape)}"
+                )
+            chs.append(t.contiguous())
+    if _FUNCTION is None:
+        _FUNCTION = _function()
+    plan = _Plan(step, depth, n, config or launch_config(n, W.dtype))
+    outs = _FUNCTION.apply(plan, len(x0s), *x0s, W, *qs, *chs)
+    final = {s: o.reshape(shape) for s, o in zip(step.states, outs, strict=True)}
+    return final[single] if single else final

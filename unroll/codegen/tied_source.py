@@ -1,0 +1,324 @@
+"""TiedStep -> Triton source: the forward and backward kernels of a weight-tied network.
+
+The generated module holds two `@triton.jit` kernels, each one program per tile of rows:
+
+- ``tied_forward`` loads the shared W once, keeps every carried value of the tile in registers and
+  runs all layers in one loop: the point p (elementwise), ``z = p @ Wᵀ`` (`tl.dot`), then the
+  multi-state update from the scheme's equations. With ``STORE`` it also writes each layer's input
+  state (the trajectory the backward needs).
+- ``tied_backward`` runs the adjoint recursion from the last layer to the first: it reloads a
+  layer's input states, recomputes p and z (one `tl.dot`), forms dL/dz (written out for dW),
+  dL/dp = dL/dz @ W (a second `tl.dot`) and the adjoints of the carried values, and sums the
+  parameters' gradients over its rows in a fixed order.
+
+Every expression comes from `unroll.codegen.tied.TiedStep` (SymPy), common subexpressions are
+eliminated with `sympy.cse`, and every expression is printed by the shared
+`unroll.codegen.triton_printer.TritonPrinter`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+import sympy as sp
+
+from .triton_printer import TritonPrinter, helper_source, prepare
+
+if TYPE_CHECKING:
+    from .tied import TiedStep
+
+
+# -- expression printing ---------------------------------------------------------------------
+def _printer() -> TritonPrinter:
+    """The shared SymPy -> Triton printer (issue 5's), making constants in the kernel's compute
+    dtype; one per generated module, so that it collects the helpers the module must include."""
+    return TritonPrinter(dtype="COMPUTE")
+
+
+def _assignments(
+    pr: TritonPrinter,
+    targets: Sequence[tuple[str, sp.Expr]],
+    prefix: str,
+    late: Sequence[sp.Symbol] = (),
+) -> tuple[list[str], list[str]]:
+    """Lines computing ``targets`` (numeric rewrites, then `sympy.cse`), split into those that
+    can run before any symbol of ``late`` exists and those that need one (e.g. dL/dp after the
+    second dot)."""
+    temps, reduced = sp.cse([prepare(e) for _, e in targets], symbols=sp.numbered_symbols(prefix))
+    late_set = set(late)
+    early: list[str] = []
+    after: list[str] = []
+    for sym, expr in temps:
+        (after if expr.free_symbols & late_set else early).append(f"{sym} = {pr.doprint(expr)}")
+        if expr.free_symbols & late_set:
+            late_set.add(sym)
+    for (name, _), expr in zip(targets, reduced, strict=True):
+        (after if expr.free_symbols & late_set else early).append(f"{name} = {pr.doprint(expr)}")
+    return early, after
+
+
+def _indent(lines: Sequence[str], n: int) -> str:
+    pad = " " * n
+    return "".join(f"{pad}{line}\n" for line in lines)
+
+
+# -- the kernels -----------------------------------------------------------------------------
+def source(step: TiedStep) -> str:
+    """The Triton module body (text) for ``step``: the printer's helpers, ``tied_forward`` and
+    ``tied_backward``."""
+    pr = _printer()
+    kernels = _forward(pr, step) + "\n\n" + _backward(pr, step)
+    helpers = helper_source(pr.helpers_used)
+    return (helpers + "\n\n" if helpers else "") + kernels
+
+
+def _param_args(step: TiedStep) -> tuple[list[str], list[str]]:
+    """Pointer arguments (with comments) and the lines that load the parameters."""
+    args, loads = [], []
+    for m, name in enumerate(step.scalars):
+        args.append(f"Q{m},  # () scalar parameter {name}")
+        loads.append(f"q{m} = tl.load(Q{m}).to(COMPUTE)")
+    for m, name in enumerate(step.channels):
+        args.append(f"C{m},  # (n,) per-channel parameter {name}")
+        loads.append(f"ch{m} = tl.load(C{m} + cols, mask=cols < N, other=0.0).to(COMPUTE)[None, :]")
+    return args, loads
+
+
+_PREAMBLE = """\
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.arange(0, BLOCK_N)
+    mask = (rows[:, None] < M) & (cols[None, :] < N)
+    wmask = (cols[:, None] < N) & (cols[None, :] < N)
+    off = rows[:, None] * N + cols[None, :]  # into the contiguous (B, n) buffers
+    layer = M * N  # elements per layer in the (depth, B, n) buffers
+"""
+
+_CONSTEXPRS = """\
+    BLOCK_M: tl.constexpr,  # rows per program
+    BLOCK_N: tl.constexpr,  # the width n padded to a power of two (>= 16)
+    PREC: tl.constexpr,  # tl.dot input precision ("ieee" or "tf32")
+    COMPUTE: tl.constexpr,  # tl.float32, or tl.float64 for float64 inputs
+"""
+
+
+def _forward(pr: TritonPrinter, step: TiedStep) -> str:
+    ns = range(len(step.states))
+    params, loads = _param_args(step)
+    sig = [f"X0_{i},  # (B, n) initial value of state {s}" for i, s in enumerate(step.states)]
+    sig += [
+        f"OUT_{i},  # (B, n) out: state {s} after `depth` layers" for i, s in enumerate(step.states)
+    ]
+    sig += [
+        f"TRAJ_{i},  # (depth, B, n) out when STORE: the input of every layer, {s}_0..{s}_(depth-1)"
+        for i, s in enumerate(step.states)
+    ]
+    sig += ["W,  # (n, n) the weight every layer shares, (out, in): z = p @ W^T", *params]
+    sig += ["M, N, depth,  # rows B, width n, layers"]
+    sig += [f"sx{i}m, sx{i}n,  # strides of X0_{i}" for i in ns]
+    sig += ["swo, swi,  # strides of W"]
+
+    body = [
+        "# W^T as wt[i, o] = W[o, i], loaded once for every layer",
+        "wt = tl.load(W + cols[:, None] * swi + cols[None, :] * swo, mask=wmask, other=0.0)",
+        *loads,
+        "# carried values: c{i}_0 = state i, c{i}_j = its j-th backward difference",
+    ]
+    for i in ns:
+        body.append(
+            f"c{i}_0 = tl.load(X0_{i} + rows[:, None] * sx{i}m + cols[None, :] * sx{i}n, "
+            "mask=mask, other=0.0).to(COMPUTE)"
+        )
+        for j in range(1, step.depths[i]):
+            body.append(f"c{i}_{j} = tl.zeros((BLOCK_M, BLOCK_N), COMPUTE)")
+    point, _ = _assignments(pr, [("p", step.point)], "fp")
+    new = [(f"n{i}_{j}", e) for i, row in enumerate(step.update) for j, e in enumerate(row)]
+    update, _ = _assignments(pr, new, "fu")
+    carried = [f"c{i}_{j}" for i, row in enumerate(step.update) for j in range(len(row))]
+    loop = [
+        "if STORE:",
+        *[
+            f"    tl.store(TRAJ_{i} + k * layer + off, c{i}_0.to(TRAJ_{i}.dtype.element_ty), mask=mask)"
+            for i in ns
+        ],
+        *point,
+        "p = tl.where(mask, p, 0.0)  # padded lanes must not reach the product",
+        "z = tl.dot(p.to(wt.dtype), wt, input_precision=PREC)",
+        *update,
+        # Every carried value gets a freshly computed one: no plain rename of a loop-carried value
+        # (the pattern `xp = x; x = xn` miscompiled on the GPU with Triton 3.6).
+        f"{', '.join(carried)} = {', '.join('n' + c[1:] for c in carried)}",
+    ]
+    tail = [f"tl.store(OUT_{i} + off, c{i}_0.to(OUT_{i}.dtype.element_ty), mask=mask)" for i in ns]
+    return (
+        "@triton.jit\ndef tied_forward(\n"
+        + _indent(sig, 4)
+        + _CONSTEXPRS
+        + "    STORE: tl.constexpr,  # write the trajectory (training)\n):\n"
+        + _PREAMBLE
+        + _indent(body, 4)
+        + "    for k in range(depth):\n"
+        + _indent(loop, 8)
+        + _indent(tail, 4)
+    )
+
+
+def _backward(pr: TritonPrinter, step: TiedStep) -> str:
+    ns = range(len(step.states))
+    params, loads = _param_args(step)
+    sig = [
+        f"TRAJ_{i},  # (depth, B, n) layer inputs of state {s}, from the forward"
+        for i, s in enumerate(step.states)
+    ]
+    sig += [f"GOUT_{i},  # (B, n) dL/d(final {s})" for i, s in enumerate(step.states)]
+    sig += [f"DX0_{i},  # (B, n) out: dL/d(initial {s})" for i, s in enumerate(step.states)]
+    sig += ["W,  # (n, n) the shared weight, (out, in)", *params]
+    sig += [
+        "DZ,  # (depth, B, n) out: dL/dz_k, z_k = p_k @ W^T (for dW)",
+        "PT,  # (depth, B, n) out when STORE_P: the point p_k (for dW)",
+        "DQ,  # (programs, scalars) out: this program's share of dL/d(scalar parameters)",
+        "DC,  # (programs, channels, n) out: its share of dL/d(per-channel parameters)",
+        "M, N, depth,  # rows B, width n, layers",
+    ]
+    sig += [f"sg{i}m, sg{i}n,  # strides of GOUT_{i}" for i in ns]
+    sig += ["swo, swi,  # strides of W"]
+
+    adj = step.adjoint()
+    body = [
+        "w = tl.load(W + cols[:, None] * swo + cols[None, :] * swi, mask=wmask, other=0.0)",
+        "wt = tl.trans(w)",
+        *loads,
+        "# a{i}_j: dL/d(carried value c{i}_j) at the input of the layer being processed",
+    ]
+    for i in ns:
+        body.append(
+            f"a{i}_0 = tl.load(GOUT_{i} + rows[:, None] * sg{i}m + cols[None, :] * sg{i}n, "
+            "mask=mask, other=0.0).to(COMPUTE)"
+        )
+        for j in range(1, step.depths[i]):
+            body.append(f"a{i}_{j} = tl.zeros((BLOCK_M, BLOCK_N), COMPUTE)")
+    for m in range(len(step.scalars)):
+        body.append(f"gq{m} = tl.zeros((BLOCK_N,), COMPUTE)")
+    for m in range(len(step.channels)):
+        body.append(f"gc{m} = tl.zeros((BLOCK_N,), COMPUTE)")
+
+    loop = ["k = depth - 1 - kk"]
+    for i in ns:
+        d = step.depths[i]
+        for j in range(d):
+            at = "k" if j == 0 else f"tl.maximum(k - {j}, 0)"  # states before x_0 equal x_0
+            loop.append(
+                f"h{i}_{j} = tl.load(TRAJ_{i} + {at} * layer + off, mask=mask, other=0.0).to(COMPUTE)"
+            )
+        for j in range(d):  # c_j = ∇^j h_0 = Σ_l (-1)^l C(j, l) h_l
+            diff = sp.Add(
+                *((-1) ** m * math.comb(j, m) * sp.Symbol(f"h{i}_{m}") for m in range(j + 1))
+            )
+            loop.append(f"c{i}_{j} = {pr.doprint(diff)}")
+    point, _ = _assignments(pr, [("p", step.point)], "bp")
+    loop += point
+    loop += [
+        "p = tl.where(mask, p, 0.0)",
+        "z = tl.dot(p.to(w.dtype), wt, input_precision=PREC)",
+    ]
+    targets = [("dz", adj.dz)]
+    targets += [(f"na{i}_{j}", e) for i, row in enumerate(adj.carried) for j, e in enumerate(row)]
+    targets += [(f"dq{m}", e) for m, e in enumerate(adj.scalars)]
+    targets += [(f"dc{m}", e) for m, e in enumerate(adj.channels)]
+    early, late = _assignments(pr, targets, "bt", late=[adj.dp])
+    loop += early
+    loop += [
+        "dz = tl.where(mask, dz, 0.0)",
+        "tl.store(DZ + k * layer + off, dz.to(DZ.dtype.element_ty), mask=mask)",
+        "if STORE_P:",
+        "    tl.store(PT + k * layer + off, p.to(PT.dtype.element_ty), mask=mask)",
+        f"{adj.dp} = tl.dot(dz.to(w.dtype), w, input_precision=PREC)",
+        *late,
+    ]
+    loop += [
+        f"gq{m} += tl.sum(tl.where(mask, dq{m}, 0.0), axis=0)" for m in range(len(step.scalars))
+    ]
+    loop += [
+        f"gc{m} += tl.sum(tl.where(mask, dc{m}, 0.0), axis=0)" for m in range(len(step.channels))
+    ]
+    carried = [f"a{i}_{j}" for i, row in enumerate(adj.carried) for j in range(len(row))]
+    loop.append(f"{', '.join(carried)} = {', '.join('n' + a for a in carried)}")
+    tail = [
+        # x_0 enters only c{i}_0 (its differences start at 0), so dL/dx_0 = a{i}_0.
+        f"tl.store(DX0_{i} + off, a{i}_0.to(DX0_{i}.dtype.element_ty), mask=mask)"
+        for i in ns
+    ]
+    nq, nc = len(step.scalars), len(step.channels)
+    tail += [
+        f"tl.store(DQ + tl.program_id(0) * {nq} + {m}, tl.sum(gq{m}, axis=0))" for m in range(nq)
+    ]
+    tail += [
+        f"tl.store(DC + (tl.program_id(0) * {nc} + {m}) * N + cols, gc{m}, mask=cols < N)"
+        for m in range(nc)
+    ]
+    return (
+        "@triton.jit\ndef tied_backward(\n"
+        + _indent(sig, 4)
+        + _CONSTEXPRS
+        + "    STORE_P: tl.constexpr,  # write p_k (False when p_k is a stored state)\n):\n"
+        + _PREAMBLE
+        + _indent(body, 4)
+        + "    for kk in range(depth):\n"
+        + _indent(loop, 8)
+        + _indent(tail, 4)
+    )
+
+
+# -- loading ---------------------------------------------------------------------------------
+_LOADED: dict[str, ModuleType] = {}
+
+
+def cache_dir() -> Path:
+    """Where generated kernels are written: ``$UNROLL_CACHE`` or ``~/.cache/unroll``."""
+    root = os.environ.get("UNROLL_CACHE") or os.path.join(Path.home(), ".cache", "unroll")
+    return Path(root) / "kernels"
+
+
+def module(step: TiedStep) -> ModuleType:
+    """The generated kernels of ``step`` as a module loaded from a real, content-addressed file
+    (Triton reads kernel source through `inspect`)."""
+    import triton
+
+    from .. import __version__
+
+    body = source(step)
+    digest = hashlib.sha256(
+        f"{body}\nunroll {__version__}\ntriton {triton.__version__}".encode()
+    ).hexdigest()[:20]
+    if digest in _LOADED:
+        return _LOADED[digest]
+    text = (
+        f"# Generated by unroll {__version__} from scheme {step.scheme.name or str(step.scheme)!r}\n"
+        f"# (activation {step.activation}); sha256 {digest}. Do not edit.\n"
+        "import triton\nimport triton.language as tl\n\n\n" + body
+    )
+    directory = cache_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"tied_{digest}.py"
+    if not path.exists() or path.read_text(encoding="utf-8") != text:
+        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".py.tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    name = f"unroll_tied_{digest}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:  # pragma: no cover - a .py path always loads
+        raise ImportError(f"cannot load the generated kernels from {path}")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    _LOADED[digest] = mod
+    return mod
