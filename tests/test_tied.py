@@ -21,6 +21,7 @@ pytest.importorskip("triton")
 import unroll  # noqa: E402
 from unroll import UnrollError  # noqa: E402
 from unroll.codegen import tied  # noqa: E402
+from unroll.nn import layer_form  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -58,7 +59,7 @@ def _case(name, act, batch=13, n=17, seed=0, dtype=torch.float64):
 
 
 def _eager(scheme, x0, W, depth, act, params):
-    layer = tied.layer_form(scheme)
+    layer = layer_form(scheme)
     return layer.run(x0, depth, W=W, activation=act or layer.activation, **params)
 
 

@@ -4,8 +4,8 @@ When every layer shares its weight W, all ``depth`` layers of a dense network ru
 persistent kernel: each program loads W once, keeps the states of its tile of rows in registers
 and never writes them back between layers. The pipeline::
 
-    layer  = layer_form(scheme)             # optimizer scheme -> its layer (prox-gradient reading)
-    step   = lower(scheme, activation)      # Scheme -> TiedStep: p, z = p Wᵀ, carried updates (SymPy)
+    step   = lower(scheme, activation)      # Scheme -> TiedStep: p, z = p Wᵀ, carried updates (SymPy),
+                                            #   optimizer schemes through unroll.nn.layer_form
     adj    = step.adjoint()                 # TiedStep -> TiedAdjoint: the reverse step (SymPy)
     text   = tied_source.source(step)       # -> Triton source: tied_forward, tied_backward
     x      = tied_network(scheme, x0, W, depth, b=..., β=...)   # launch, with autograd
@@ -34,62 +34,12 @@ import sympy as sp
 
 from .. import ir
 from ..errors import UnrollError
-from ..scheme import Parameter, Scheme
+from ..nn.form import layer_form
+from ..scheme import Scheme
 
 # The widest network whose W (n × n) the kernel keeps on chip, by dtype: W must fit in the
 # shared memory of one SM (228 KB on an H100) next to the tiles of the states.
 MAX_WIDTH = {"bfloat16": 256, "float16": 256, "float32": 128, "float64": 64}
-
-
-# -- the optimizer scheme's layer ------------------------------------------------------------
-def layer_form(scheme: Scheme) -> Scheme:
-    """The layer scheme of ``scheme``: itself for layer schemes; for an optimizer step
-    ``x_<k+1> = E − α∇F(p)``, the proximal-gradient reading ``x_<k+1> = φ(W p + b + E − p)``
-    (BACKGROUND section 2; α is absorbed into W and b)."""
-    if scheme.kind == "layer":
-        return scheme
-    name = scheme.name or str(scheme)
-    if scheme.kind != "optimizer":
-        raise UnrollError(f"scheme {name!r} is an {scheme.kind} scheme: it has no dense layer form")
-    if "b" in scheme.parameters:
-        raise UnrollError(f"scheme {name!r} already has a parameter b, the layer's bias")
-    grads = [
-        (i, fn)
-        for i, eq in enumerate(scheme.equations)
-        for fn in ir.applications(eq.rhs)
-        if ir.operator_kind(fn) == "grad"
-    ]
-    if len(grads) != 1:
-        raise UnrollError(
-            f"scheme {name!r} applies ∇F {len(grads)} times; the layer form needs exactly one"
-        )
-    i, grad = grads[0]
-    eq = scheme.equations[i]
-    if not isinstance(eq.lhs, sp.Indexed):
-        raise UnrollError(
-            f"∇F in scheme {name!r} must appear in a state's equation, not stage {eq.lhs}"
-        )
-    g = sp.Dummy("g")
-    rhs = eq.rhs.xreplace({grad: g})
-    if sp.diff(rhs, g, 2) != 0 or g in sp.diff(rhs, g).free_symbols:
-        raise UnrollError(f"{eq.lhs} is not linear in ∇F: no proximal-gradient reading")
-    point = grad.args[0] if grad.args else scheme.state_value(eq.lhs.base.label.name, 0)
-    rest = rhs.subs(g, 0)
-    b = sp.Symbol("b")
-    layer = ir.ACT(ir.linear("W")(point) + b + rest - point)
-    eqs = list(scheme.equations)
-    eqs[i] = sp.Eq(eq.lhs, layer)
-    used = {s.name for e in eqs for s in ir.plain_symbols(e.rhs)}
-    specs = [p for p in scheme.parameter_specs if p.name in used]
-    specs.append(Parameter("b", 0.0, per_channel=True))
-    return Scheme(
-        tuple(eqs),
-        name=f"{scheme.name}_layer" if scheme.name else "",
-        description=f"the layer of {name} in the proximal-gradient reading",
-        parameter_specs=tuple(specs),
-        inits=scheme.inits,
-        architecture=scheme.architecture,
-    )
 
 
 # -- Scheme -> TiedStep ----------------------------------------------------------------------
@@ -173,8 +123,12 @@ def lower(scheme: Scheme, activation: str | None = None) -> TiedStep:
     run it (that message is the fallback reason). Cached: schemes are frozen values."""
     from .. import activations
 
-    layer = layer_form(scheme)
     name = scheme.name or str(scheme)
+    if scheme.kind == "ode":
+        raise UnrollError(
+            f"scheme {name!r} is an ode scheme: its branch f is no dense layer W p for the kernel"
+        )
+    layer = layer_form(scheme)
     if not layer.is_explicit:
         raise UnrollError(f"scheme {name!r} is implicit ({layer.implicit_reason})")
     if layer.startup:
@@ -459,8 +413,8 @@ def tied_network(
     ``x0``: (..., n) tensor (or a mapping of state names to tensors); ``W``: (n, n), applied as
     ``x @ Wᵀ``; ``params``: the layer's coefficients by name (``b`` per channel, shape (n,) or a
     number; ``β``/``beta`` a number or 0-dim tensor), defaults from the scheme file. Optimizer
-    schemes run their layer (`layer_form`). Returns the final state, shaped like ``x0`` (a
-    mapping for a mapping), equal to ``layer_form(scheme).run(x0, depth, W=W, ...)``.
+    schemes run their layer (`unroll.nn.layer_form`). Returns the final state, shaped like ``x0`` (a
+    mapping for a mapping), equal to ``unroll.nn.layer_form(scheme).run(x0, depth, W=W, ...)``.
     Raises `UnrollError` with `fallback_reason` when the kernel cannot run.
     """
     import torch
