@@ -86,6 +86,22 @@ class TiedStep:
                 return i
         return None
 
+    def history_symbols(self) -> tuple[tuple[sp.Symbol, ...], ...]:
+        """``h[i][j]`` stands for state i's value j layers back (x_k, x_{k−1}, ...)."""
+        return tuple(
+            tuple(sp.Symbol(f"h{i}_{j}", real=True) for j in range(len(row)))
+            for i, row in enumerate(self.carried)
+        )
+
+    def in_history(self) -> dict[sp.Symbol, sp.Expr]:
+        """The carried values in history values: c_j = ∇^j x_k = Σ_m (−1)^m C(j, m) x_{k−m}."""
+        h = self.history_symbols()
+        return {
+            c: sp.Add(*((-1) ** m * math.comb(j, m) * h[i][m] for m in range(j + 1)))
+            for i, row in enumerate(self.carried)
+            for j, c in enumerate(row)
+        }
+
     def adjoint(self) -> TiedAdjoint:
         """The reverse of one layer by symbolic differentiation (the chain rule through P, the
         product and G)."""
@@ -468,3 +484,150 @@ def tied_network(
     outs = _FUNCTION.apply(plan, len(x0s), *x0s, W, *qs, *chs)
     final = {s: o.reshape(shape) for s, o in zip(step.states, outs, strict=True)}
     return final[single] if single else final
+
+
+# -- one layer, its own W --------------------------------------------------------------------
+def _layer_function():
+    import torch
+
+    class FusedLayer(torch.autograd.Function):
+        """(plan, slots, *history, W, *scalars, *channels) -> new states. The backward recomputes
+        the layer with the eager lowering and differentiates it with autograd."""
+
+        @staticmethod
+        def forward(ctx, plan, slots, *tensors):
+            hist, W = tensors[:slots], tensors[slots]
+            nq = len(plan.step.scalars)
+            qs, chs = tensors[slots + 1 : slots + 1 + nq], tensors[slots + 1 + nq :]
+            ctx.plan, ctx.slots = plan, slots
+            ctx.save_for_backward(*tensors)
+            return tuple(_layer_launch(plan, hist, W, qs, chs))
+
+        @staticmethod
+        def backward(ctx, *gouts):
+            from ..run import Stepper, operators
+
+            plan, slots = ctx.plan, ctx.slots
+            saved = [t.detach().requires_grad_(True) for t in ctx.saved_tensors]
+            step = plan.step
+            with torch.enable_grad():
+                history, at = {}, 0
+                for s, d in zip(step.states, step.depths, strict=True):
+                    history[s] = saved[at : at + d]
+                    at += d
+                W = saved[slots]
+                values = dict(zip((*step.scalars, *step.channels), saved[slots + 1 :], strict=True))
+                ops = operators(step.scheme, W=W, activation=plan.step.activation)
+                new = Stepper(step.scheme, ops, values).step(history, 0, 0.0)
+                outs = [new[s] for s in step.states]
+                pairs = [(o, g) for o, g in zip(outs, gouts, strict=True) if g is not None]
+                grads = torch.autograd.grad(
+                    [o for o, _ in pairs], saved, [g for _, g in pairs], allow_unused=True
+                )
+            return (None, None, *grads)
+
+    return FusedLayer
+
+
+def _layer_launch(plan: _Plan, hist, W, qs, chs):
+    import torch
+    import triton
+
+    B = hist[0].shape[0]
+    n_out, n_in = W.shape
+    compute, prec = _tl_types(W.dtype)
+    outs = [torch.empty((B, n_out), dtype=W.dtype, device=W.device) for _ in plan.step.states]
+    block_m = 16 if _interpreting() else 64
+    block_n = 16 if _interpreting() else min(128, max(16, triton.next_power_of_2(n_out)))
+    block_k = 16 if _interpreting() else 32
+    grid = (triton.cdiv(B, block_m), triton.cdiv(n_out, block_n))
+    strides = [s for h in hist for s in h.stride()]
+    plan.kernels.layer_forward[grid](
+        *hist, *outs, W, *qs, *chs, B, n_out, n_in, *strides, *W.stride(),
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, PREC=prec, COMPUTE=compute,
+        num_warps=4,
+    )  # fmt: skip
+    return outs
+
+
+_LAYER_FUNCTION = None
+
+
+def fused_layer(
+    scheme: Scheme,
+    x: Any,
+    W: Any,
+    *,
+    activation: str | None = None,
+    **params: Any,
+) -> Any:
+    """One layer of ``scheme`` with its own weight W (no tying): one kernel, the matrix product
+    with the multi-state update fused into its epilogue; the backward recomputes the layer
+    eagerly (autograd through `unroll.run.Stepper`).
+
+    ``x``: the history, newest first: a tensor (B, n_in) for every past value, a sequence
+    ``[x_k, x_{k−1}, ...]``, or a mapping of state names to either. ``W``: (n_out, n_in); a
+    layer whose update reads the history (a momentum term) needs n_out = n_in. Returns the new
+    state (B, n_out), or a mapping of every state's new value when ``x`` was a mapping.
+    """
+    import torch
+
+    from ..run import canonical_params, primary_state
+
+    global _LAYER_FUNCTION
+    step = lower(scheme, activation)
+    if not isinstance(W, torch.Tensor) or W.dim() != 2:
+        raise UnrollError("W must be a (n_out, n_in) tensor")
+    single = None
+    if not isinstance(x, Mapping):
+        single = primary_state(step.scheme)
+        x = {single: x}
+    history = []
+    for s, d in zip(step.states, step.depths, strict=True):
+        given = x.get(s)
+        if given is None:
+            state = step.scheme.states[s]
+            if state.init is None and state.depth > 0:
+                raise UnrollError(f"x has no value for state {s}, which has no initial value")
+            ref = next(iter(x.values()))
+            ref = ref[0] if isinstance(ref, (list, tuple)) else ref
+            given = torch.full_like(ref, state.init or 0.0)  # a state never read starts at 0
+        vals = list(given) if isinstance(given, (list, tuple)) else [given] * d
+        if len(vals) < d:
+            raise UnrollError(f"x[{s!r}]: the layer reads {d} past values, got {len(vals)}")
+        history += [v.to(W.dtype) for v in vals[:d]]
+    n_out, n_in = W.shape
+    reads = {sym for row in step.update for sym in row[0].free_symbols}
+    carried = {c for row in step.carried for c in row}
+    if n_out != n_in and (reads & carried or step.point.free_symbols & set(step.ch)):
+        raise UnrollError(
+            f"W is {n_out} × {n_in}, but the update reads the states at the output width (or p "
+            "a per-channel parameter at the input width): this layer needs a square W"
+        )
+    for v in history:
+        if v.dim() != 2 or v.shape[1] != n_in or v.device != W.device:
+            raise UnrollError(f"every history value must be (B, {n_in}) on {W.device}")
+    values: dict[str, Any] = dict(step.scheme.defaults())
+    values.update(canonical_params(step.scheme, params))
+    acc = torch.float64 if W.dtype == torch.float64 else torch.float32
+    qs, chs = [], []
+    for p in (*step.scalars, *step.channels):
+        if p not in values:
+            raise UnrollError(f"missing value for parameter {p} (pass {p}=..., it has no default)")
+        v = values[p]
+        t = v if isinstance(v, torch.Tensor) else torch.tensor(float(v), dtype=acc, device=W.device)
+        if p in step.channels:
+            t = t.reshape(()).expand(n_out) if t.numel() == 1 else t
+            if t.shape != (n_out,):
+                raise UnrollError(
+                    f"parameter {p} is per channel: shape ({n_out},), got {tuple(t.shape)}"
+                )
+            chs.append(t.contiguous())
+        else:
+            qs.append(t.reshape(()))
+    if _LAYER_FUNCTION is None:
+        _LAYER_FUNCTION = _layer_function()
+    plan = _Plan(step, 1, n_out, LaunchConfig(16, 4))
+    outs = _LAYER_FUNCTION.apply(plan, len(history), *history, W, *qs, *chs)
+    new = dict(zip(step.states, outs, strict=True))
+    return new[single] if single else new

@@ -6,6 +6,9 @@ The generated module holds two `@triton.jit` kernels, each one program per tile 
   runs all layers in one loop: the point p (elementwise), ``z = p @ Wᵀ`` (`tl.dot`), then the
   multi-state update from the scheme's equations. With ``STORE`` it also writes each layer's input
   state (the trajectory the backward needs).
+- ``layer_forward`` is one layer with its own W (no weight tying): a tiled matrix product whose
+  A operand p is computed from the history tiles as they are loaded, with the multi-state update
+  fused into its epilogue.
 - ``tied_backward`` runs the adjoint recursion from the last layer to the first: it reloads a
   layer's input states, recomputes p and z (one `tl.dot`), forms dL/dz (written out for dW),
   dL/dp = dL/dz @ W (a second `tl.dot`) and the adjoints of the carried values, and sums the
@@ -20,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import math
 import os
 import sys
 import tempfile
@@ -73,10 +75,10 @@ def _indent(lines: Sequence[str], n: int) -> str:
 
 # -- the kernels -----------------------------------------------------------------------------
 def source(step: TiedStep) -> str:
-    """The Triton module body (text) for ``step``: the printer's helpers, ``tied_forward`` and
-    ``tied_backward``."""
+    """The Triton module body (text) for ``step``: the printer's helpers, ``tied_forward``,
+    ``tied_backward`` and ``layer_forward``."""
     pr = _printer()
-    kernels = _forward(pr, step) + "\n\n" + _backward(pr, step)
+    kernels = _forward(pr, step) + "\n\n" + _backward(pr, step) + "\n\n" + _layer(pr, step)
     helpers = helper_source(pr.helpers_used)
     return (helpers + "\n\n" if helpers else "") + kernels
 
@@ -192,6 +194,7 @@ def _backward(pr: TritonPrinter, step: TiedStep) -> str:
     sig += ["swo, swi,  # strides of W"]
 
     adj = step.adjoint()
+    in_history = step.in_history()
     body = [
         "w = tl.load(W + cols[:, None] * swo + cols[None, :] * swi, mask=wmask, other=0.0)",
         "wt = tl.trans(w)",
@@ -218,11 +221,8 @@ def _backward(pr: TritonPrinter, step: TiedStep) -> str:
             loop.append(
                 f"h{i}_{j} = tl.load(TRAJ_{i} + {at} * layer + off, mask=mask, other=0.0).to(COMPUTE)"
             )
-        for j in range(d):  # c_j = ∇^j h_0 = Σ_l (-1)^l C(j, l) h_l
-            diff = sp.Add(
-                *((-1) ** m * math.comb(j, m) * sp.Symbol(f"h{i}_{m}") for m in range(j + 1))
-            )
-            loop.append(f"c{i}_{j} = {pr.doprint(diff)}")
+        for c in step.carried[i]:  # the backward differences of the loaded history
+            loop.append(f"{c} = {pr.doprint(in_history[c])}")
     point, _ = _assignments(pr, [("p", step.point)], "bp")
     loop += point
     loop += [
@@ -272,6 +272,80 @@ def _backward(pr: TritonPrinter, step: TiedStep) -> str:
         + _PREAMBLE
         + _indent(body, 4)
         + "    for kk in range(depth):\n"
+        + _indent(loop, 8)
+        + _indent(tail, 4)
+    )
+
+
+def _layer(pr: TritonPrinter, step: TiedStep) -> str:
+    """One layer, one launch: grid (row tiles, output-column tiles), the reduction over the input
+    width in BLOCK_K chunks."""
+    h = step.history_symbols()
+    slots = [(i, j) for i in range(len(step.states)) for j in range(step.depths[i])]
+    point = step.point.xreplace(step.in_history())
+    news = [row[0].xreplace(step.in_history()) for row in step.update]
+    sig = [f"H{i}_{j},  # (B, n) {step.states[i]}_(k-{j}), a history value" for i, j in slots]
+    sig += [f"OUT_{i},  # (B, n_out) out: the new {s}" for i, s in enumerate(step.states)]
+    sig += ["W,  # (n_out, n_in) this layer's weight: z = p @ W^T"]
+    sig += [f"Q{m},  # () scalar parameter {name}" for m, name in enumerate(step.scalars)]
+    sig += [f"C{m},  # per-channel parameter {name}" for m, name in enumerate(step.channels)]
+    sig += ["M, N, K,  # rows B, output width, input width"]
+    sig += [f"sh{i}_{j}m, sh{i}_{j}n,  # strides of H{i}_{j}" for i, j in slots]
+    sig += ["swo, swi,  # strides of W"]
+
+    def loads(syms, at: str, m: str) -> list[str]:
+        out = []
+        for i, j in slots:
+            if h[i][j] in syms:
+                out.append(
+                    f"h{i}_{j} = tl.load(H{i}_{j} + rows[:, None] * sh{i}_{j}m + {at}[None, :] "
+                    f"* sh{i}_{j}n, mask={m}, other=0.0).to(COMPUTE)"
+                )
+        for c, sym in enumerate(step.ch):
+            if sym in syms:
+                out.append(
+                    f"ch{c} = tl.load(C{c} + {at}, mask={at} < {'K' if at == 'kc' else 'N'}, "
+                    "other=0.0).to(COMPUTE)[None, :]"
+                )
+        return out
+
+    body = [f"q{m} = tl.load(Q{m}).to(COMPUTE)" for m in range(len(step.scalars))]
+    body += ["acc = tl.zeros((BLOCK_M, BLOCK_N), COMPUTE)"]
+    loop = [
+        "kc = k0 + tl.arange(0, BLOCK_K)",
+        "kmask = (rows[:, None] < M) & (kc[None, :] < K)",
+        *loads(point.free_symbols, "kc", "kmask"),
+    ]
+    p_lines, _ = _assignments(pr, [("p", point)], "lp")
+    loop += p_lines
+    loop += [
+        "p = tl.where(kmask, p, 0.0)",
+        "wt = tl.load(W + kc[:, None] * swi + cols[None, :] * swo, "
+        "mask=(kc[:, None] < K) & (cols[None, :] < N), other=0.0)",
+        "acc = tl.dot(p.to(wt.dtype), wt, acc, input_precision=PREC)",
+    ]
+    used = set().union(*(e.free_symbols for e in news))
+    tail = ["z = acc", *loads(used, "cols", "mask")]
+    e_lines, _ = _assignments(pr, [(f"n{i}", e) for i, e in enumerate(news)], "le")
+    tail += e_lines
+    tail += [
+        f"tl.store(OUT_{i} + rows[:, None] * N + cols[None, :], n{i}.to(OUT_{i}.dtype.element_ty), "
+        "mask=mask)"
+        for i in range(len(step.states))
+    ]
+    return (
+        "@triton.jit\ndef layer_forward(\n"
+        + _indent(sig, 4)
+        + "    BLOCK_M: tl.constexpr,  # rows per program\n"
+        + "    BLOCK_N: tl.constexpr,  # output columns per program\n"
+        + "    BLOCK_K: tl.constexpr,  # input columns per step of the reduction\n"
+        + "    PREC: tl.constexpr,  # tl.dot input precision\n"
+        + "    COMPUTE: tl.constexpr,  # tl.float32, or tl.float64 for float64 inputs\n):\n"
+        + "    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)\n"
+        + "    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)\n"
+        + "    mask = (rows[:, None] < M) & (cols[None, :] < N)\n"
+        + _indent(body, 4)
+        + "    for k0 in range(0, K, BLOCK_K):\n"
         + _indent(loop, 8)
         + _indent(tail, 4)
     )
