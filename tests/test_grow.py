@@ -12,11 +12,19 @@ import torch.nn.functional as F
 from torch import nn
 
 import unroll
+from unroll.digits import one_thread
 from unroll.errors import UnrollError
 from unroll.grow import find_sites, splitting_matrices, splitting_spectra
 from unroll.parallel import Residual
 
 DT = torch.float64
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These networks are tiny: intra-op threads only add waiting on a busy machine."""
+    with one_thread():
+        yield
 
 
 def _mlp(seed: int = 0) -> nn.Sequential:

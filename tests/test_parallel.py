@@ -8,10 +8,18 @@ import torch
 from torch import nn
 
 import unroll
+from unroll.digits import one_thread
 from unroll.errors import UnrollError
 from unroll.parallel import Parallel, Residual
 
 DT = torch.float64
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These networks are tiny: intra-op threads only add waiting on a busy machine."""
+    with one_thread():
+        yield
 
 
 class Scaled(nn.Module):

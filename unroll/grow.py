@@ -44,6 +44,7 @@ from .errors import UnrollError
 
 __all__ = [
     "GrowthReport",
+    "check_options",
     "Site",
     "Spectrum",
     "Split",
@@ -726,6 +727,24 @@ def _count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def check_options(
+    *, method: str = "signed", fraction: float = 0.25, budget=None, eps: float = 0.01, c=3.0
+) -> None:
+    """Raise `UnrollError` naming the first bad option of `grow` (callers may check early)."""
+    if method not in ("signed", "positive"):
+        raise UnrollError(f"method must be 'signed' or 'positive', got {method!r}")
+    if not (0 < fraction <= 1):
+        raise UnrollError(f"fraction must be in (0, 1], got {fraction!r}")
+    if budget is not None and (
+        isinstance(budget, bool) or not isinstance(budget, int) or budget < 0
+    ):
+        raise UnrollError(f"budget must be a non-negative int (new parameters), got {budget!r}")
+    if not (math.isfinite(eps) and eps >= 0):
+        raise UnrollError(f"eps must be a finite number >= 0, got {eps!r}")
+    if not (math.isfinite(c) and c > 1):
+        raise UnrollError(f"c (the bound on the sum of |weights|) must be > 1, got {c!r}")
+
+
 def grow(
     model: nn.Module,
     data,
@@ -768,18 +787,7 @@ def grow(
     optimiser on ``grown.parameters()``); at ``eps=0`` it computes the same function as
     ``model``. ``report`` is a `GrowthReport`. The analysis runs the model in eval mode.
     """
-    if method not in ("signed", "positive"):
-        raise UnrollError(f"method must be 'signed' or 'positive', got {method!r}")
-    if not (0 < fraction <= 1):
-        raise UnrollError(f"fraction must be in (0, 1], got {fraction!r}")
-    if budget is not None and (
-        isinstance(budget, bool) or not isinstance(budget, int) or budget < 0
-    ):
-        raise UnrollError(f"budget must be a non-negative int (new parameters), got {budget!r}")
-    if not (math.isfinite(eps) and eps >= 0):
-        raise UnrollError(f"eps must be a finite number >= 0, got {eps!r}")
-    if not (math.isfinite(c) and c > 1):
-        raise UnrollError(f"c (the bound on the sum of |weights|) must be > 1, got {c!r}")
+    check_options(method=method, fraction=fraction, budget=budget, eps=eps, c=c)
     sites = _sites_or_error(model)
     spectra = splitting_spectra(model, data, loss_fn, exact=exact, iters=iters, seed=seed)
     plan = _plan(

@@ -1,0 +1,166 @@
+"""The digits experiments' shared parts: data, the two model builders, training, evaluation.
+
+The data is scikit-learn's bundled 8×8 digits (1,797 images, 10 classes; no download). Used by
+``unroll grow`` and ``unroll parallel``; everything here is deterministic given ``seed``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .errors import UnrollError
+from .parallel import Residual
+
+__all__ = [
+    "Digits",
+    "count",
+    "evaluate",
+    "load",
+    "machine",
+    "mlp",
+    "one_thread",
+    "residual_net",
+    "train",
+]
+
+FEATURES, CLASSES = 64, 10
+
+
+@dataclass(frozen=True)
+class Digits:
+    """Train and validation split: x of shape (n, 64), float32, centred; y of shape (n,)."""
+
+    x_train: Tensor
+    y_train: Tensor
+    x_val: Tensor
+    y_val: Tensor
+
+    @property
+    def train(self) -> tuple[Tensor, Tensor]:
+        return self.x_train, self.y_train
+
+
+def load(seed: int = 0, val_fraction: float = 0.25) -> Digits:
+    """The digits, pixels scaled to [0, 1] and centred by the training mean."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as e:  # pragma: no cover - scikit-learn is in the 'grow' extra
+        raise UnrollError(
+            "the digits experiments need scikit-learn: pip install 'unroll[grow]'"
+        ) from e
+    x, y = load_digits(return_X_y=True)
+    x = torch.as_tensor(x, dtype=torch.float32) / 16
+    y = torch.as_tensor(y, dtype=torch.long)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    n_val = round(val_fraction * len(x))
+    val, tr = order[:n_val], order[n_val:]
+    mean = x[tr].mean(0)
+    return Digits(x[tr] - mean, y[tr], x[val] - mean, y[val])
+
+
+def mlp(width: int, depth: int = 1, seed: int = 0) -> nn.Sequential:
+    """64 → width → … → 10 with ``depth`` tanh hidden layers: the network `grow` widens.
+
+    TODO(scheme): build this from a scheme (``unroll.compile(...).network(depth, dim=...)``)
+    once scheme networks expose Linear → activation → Linear in an ``nn.Sequential``.
+    """
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = []
+    fan_in = FEATURES
+    for _ in range(depth):
+        layers += [nn.Linear(fan_in, width), nn.Tanh()]
+        fan_in = width
+    return nn.Sequential(*layers, nn.Linear(fan_in, CLASSES))
+
+
+def residual_net(blocks: int, width: int, hidden: int, seed: int = 0) -> nn.Sequential:
+    """64 → width, ``blocks`` residual blocks x + W₂ tanh(W₁x) (in ``net[1]``), width → 10."""
+    torch.manual_seed(seed)
+    stack = nn.Sequential(
+        *[
+            Residual(nn.Sequential(nn.Linear(width, hidden), nn.Tanh(), nn.Linear(hidden, width)))
+            for _ in range(blocks)
+        ]
+    )
+    return nn.Sequential(nn.Linear(FEATURES, width), stack, nn.Linear(width, CLASSES))
+
+
+def train(
+    model: nn.Module,
+    data: Digits,
+    *,
+    epochs: int,
+    lr: float = 1e-2,
+    batch_size: int = 128,
+    seed: int = 0,
+    after_epoch: Callable[[int], None] | None = None,
+) -> None:
+    """Adam on the cross-entropy, shuffled mini-batches (order fixed by ``seed``).
+
+    A fresh optimiser each call: after `unroll.grow` the parameters are new tensors.
+    """
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    x, y = data.train
+    model.train()
+    for epoch in range(epochs):
+        order = torch.randperm(len(x), generator=gen)
+        for i in range(0, len(x), batch_size):
+            idx = order[i : i + batch_size]
+            opt.zero_grad()
+            F.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+        if after_epoch is not None:
+            after_epoch(epoch)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: Tensor, y: Tensor) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of ``model`` on ``x``, ``y``."""
+    was = model.training
+    model.eval()
+    out = model(x)
+    model.train(was)
+    return float(F.cross_entropy(out, y)), float((out.argmax(1) == y).float().mean())
+
+
+def count(model: nn.Module) -> int:
+    """The number of parameters."""
+    return sum(p.numel() for p in model.parameters())
+
+
+@contextmanager
+def one_thread():
+    """Run torch on one thread: these networks are so small that intra-op threads only add
+    synchronisation (10× slower on a busy 2-core machine). Restores the setting afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def machine() -> str:
+    """The date and the machine a result was produced on, for generated documents."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        if names:
+            cpu = names[0]
+    except OSError:
+        pass
+    return (
+        f"{datetime.date.today().isoformat()}, {cpu} ({os.cpu_count()} CPUs), "
+        f"{platform.system()}, torch {torch.__version__}"
+    )
