@@ -1,0 +1,57 @@
+"""`unroll emit`, and the checked-in kernels/ kept current."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from click.testing import CliRunner
+
+import unroll
+from unroll.cli import cli
+from unroll.codegen.emit import emit, module_stem
+
+KERNELS = Path(__file__).resolve().parent.parent / "kernels"
+
+
+def test_emit_writes_the_module_and_prints_the_equations(tmp_path):
+    result = CliRunner().invoke(cli, ["emit", "hb_net", "-o", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    path = tmp_path / "hb_net.py"
+    assert f"wrote {path}" in result.output
+    assert "x_kp1 = φ(b + beta*(x_k - x_km1) + o_0)" in result.output
+    assert "o_0 = W(x_k)" in result.output
+    text = path.read_text()
+    assert text.startswith("# unroll kernel module for scheme 'hb_net'")
+    compile(text, str(path), "exec")  # valid Python
+
+
+def test_emit_of_a_yaml_file_and_of_text(tmp_path):
+    from unroll.library import SCHEME_DIR
+
+    result = CliRunner().invoke(
+        cli, ["emit", str(SCHEME_DIR / "lm_resnet.yaml"), "-o", str(tmp_path)]
+    )
+    assert result.exit_code == 0 and (tmp_path / "lm_resnet.py").exists()
+    result = CliRunner().invoke(cli, ["emit", "x_<k+1> = x_k - α ∇F", "-o", str(tmp_path)])
+    assert result.exit_code == 0 and (tmp_path / "scheme.py").exists()
+
+
+def test_emit_errors_are_one_line():
+    result = CliRunner().invoke(cli, ["emit", "x_<k+1> = x_k - α ∇F(x_<k+1>)"])
+    assert result.exit_code == 2
+    assert "implicit" in result.output and len(result.output.strip().splitlines()) == 1
+    result = CliRunner().invoke(cli, ["emit"])
+    assert result.exit_code == 2 and "--all" in result.output
+
+
+def test_checked_in_kernels_are_current():
+    """kernels/ holds the emitted module of every bundled scheme, byte for byte; regenerate
+    with `unroll emit --all -o kernels`."""
+    expected = {}
+    for scheme in unroll.schemes.values():
+        block, text = emit(scheme)
+        expected[f"{module_stem(block)}.py"] = text
+    present = {p.name for p in KERNELS.glob("*.py")}
+    assert present == set(expected), "run `unroll emit --all -o kernels`"
+    stale = [n for n, t in expected.items() if (KERNELS / n).read_text() != t]
+    assert not stale, f"stale kernels (run `unroll emit --all -o kernels`): {stale}"

@@ -1,0 +1,334 @@
+"""The generated Triton block-update kernels (interpreter on CPU, compiled on a GPU).
+
+Layered references: SymPy (lambdify to NumPy, float64) <- the eager PyTorch lowering <- the
+Triton op; gradients against torch.autograd through the eager lowering with one random upstream
+gradient, and gradcheck in float64. Outputs and partial sums are pre-filled with NaN, so an
+element a kernel fails to write fails the test.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import sympy as sp
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+pytest.importorskip("triton")
+
+import unroll  # noqa: E402
+from unroll import UnrollError  # noqa: E402
+from unroll.codegen.op import block_update, kernel_module  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+SCHEMES = sorted(unroll.schemes)
+
+# Forward/backward tolerance per storage dtype, relative and absolute on O(1) values.
+# float64: a handful of operations each side, rounding differs by CSE and operation order:
+#   1e-12 is ~4 decimal orders above the 1e-16 unit roundoff.
+# float32: both sides compute in float32 (unit roundoff 6e-8) with different operation order:
+#   1e-5 allows ~100 ulps for chains of up to ~10 operations.
+# float16 / bfloat16: the kernel computes in float32 and rounds once when storing; compared to
+#   float64 on the same (rounded) inputs, the error is half an ulp of the result (float16
+#   2^-11 = 4.9e-4, bfloat16 2^-8 = 3.9e-3) plus float32 noise: one ulp (2^-10, 2^-7) passes.
+TOL = {
+    torch.float64: 1e-12,
+    torch.float32: 1e-5,
+    torch.float16: 2.0**-10,
+    torch.bfloat16: 2.0**-7,
+}
+
+
+@pytest.fixture(autouse=True)
+def _env(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("UNROLL_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "kcache"))
+    with np.errstate(all="ignore"):  # the interpreter computes masked-off lanes too
+        yield
+
+
+@pytest.fixture
+def nan_empty(monkeypatch):
+    """torch.empty / empty_like that fill with NaN (an unwritten element stays NaN)."""
+    empty, empty_like = torch.empty, torch.empty_like
+
+    def nan(t):
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: nan(empty(*a, **k)))
+    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: nan(empty_like(*a, **k)))
+
+
+def _values(block, shape, dtype, gen, requires_grad=False, coef_dtype=None):
+    ts = {
+        i.name: torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)
+        for i in block.inputs
+    }
+    cs = {}
+    for c in block.coefficients:
+        n = (shape[1] if len(shape) > 1 else shape[0]) if c.per_channel else ()
+        cs[c.name] = (0.5 * torch.randn(n, generator=gen, dtype=torch.float64)).to(
+            coef_dtype or (torch.float64 if dtype == torch.float64 else torch.float32)
+        )
+    for v in [*ts.values(), *cs.values()]:
+        v.requires_grad_(requires_grad)
+    return ts, cs
+
+
+def _sympy_reference(block, ts, cs):
+    """Every output from the block's SymPy expressions (φ written out), float64 NumPy."""
+    out = {}
+    ref = next(iter(ts.values()))
+    syms = [i.symbol for i in block.inputs] + [c.symbol for c in block.coefficients]
+    args = [ts[i.name].detach().double().numpy() for i in block.inputs]
+    for c in block.coefficients:
+        v = cs[c.name].detach().double().numpy()
+        if c.per_channel and ref.dim() > 1:
+            v = v.reshape(-1, *([1] * (ref.dim() - 2)))
+        args.append(v)
+    for o in block.outputs:
+        f = sp.lambdify(syms, o.expr, modules=["numpy"])
+        out[o.state] = torch.as_tensor(np.broadcast_to(f(*args), ref.shape).copy())
+    return out
+
+
+def _shape(block, n=5):
+    return (2, 3, n, 2) if block.per_channel else (3, n)
+
+
+@pytest.mark.parametrize("name", SCHEMES)
+def test_forward_and_backward_against_eager_and_sympy_float64(name, nan_empty):
+    scheme = unroll.schemes[name]
+    triton_op = block_update(scheme, backend="triton")
+    eager = block_update(scheme, backend="torch")
+    block = triton_op.block
+    gen = torch.Generator().manual_seed(len(name))
+    ts, cs = _values(block, _shape(block), torch.float64, gen, requires_grad=True)
+    ts = {k: v.to(DEVICE) for k, v in ts.items()}
+    cs = {k: v.to(DEVICE) for k, v in cs.items()}
+    got, want = triton_op(ts, cs), eager(ts, cs)
+    sym = _sympy_reference(block, ts, cs)
+    tol = TOL[torch.float64]
+    for state in want:
+        torch.testing.assert_close(want[state].detach().cpu(), sym[state], rtol=tol, atol=tol)
+        torch.testing.assert_close(got[state], want[state], rtol=tol, atol=tol)
+
+    upstream = {s: torch.randn_like(v) for s, v in want.items()}
+    leaves = [*ts.values(), *cs.values()]
+    g_got = torch.autograd.grad(sum((got[s] * upstream[s]).sum() for s in got), leaves)
+    g_want = torch.autograd.grad(sum((want[s] * upstream[s]).sum() for s in want), leaves)
+    for leaf, a, b in zip([*ts, *cs], g_got, g_want, strict=True):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol, msg=lambda m, n=leaf: f"{n}: {m}")
+
+
+@pytest.mark.parametrize("name", SCHEMES)
+def test_gradcheck_float64(name):
+    block = block_update(unroll.schemes[name], backend="triton").block
+    gen = torch.Generator().manual_seed(1)
+    ts, cs = _values(block, (2, 3, 1, 3) if block.per_channel else (2, 3), torch.float64, gen, True)
+    update = kernel_module(block.scheme, block.activation).update
+    if block.activation == "relu":  # keep away from the kink: finite differences straddle it
+        for v in ts.values():
+            v.data = v.data.abs() + 0.5
+    tensors = [*ts.values(), *cs.values()]
+    names = [*ts, *cs]
+
+    def f(*xs):
+        out = update(*xs)
+        return tuple(out[o.state] for o in block.outputs)
+
+    assert torch.autograd.gradcheck(f, tensors, fast_mode=True), names
+
+
+# A multi-output scheme, one with a per-channel bias and a trainable scalar under φ, one with a
+# trainable scalar and two history values; sizes 1, 7, 2^k ± 1 and one over a tile (4096).
+CASES = ["admm", "hb_net", "lm_resnet"]
+SIZES = [1, 7, 31, 33, 4097]
+
+
+def _compare(name, dtype, shape, layout, gen):
+    scheme = unroll.schemes[name]
+    op = block_update(scheme, backend="triton")
+    block = op.block
+    ts, cs = _values(block, shape, dtype, gen)
+    if layout == "strided":  # every other element of a larger tensor: not contiguous
+        ts = {k: torch.stack([v, v], dim=-1)[..., 0] for k, v in ts.items()}
+        assert not next(iter(ts.values())).is_contiguous()
+    elif layout == "channels_last":
+        ts = {k: v.contiguous(memory_format=torch.channels_last) for k, v in ts.items()}
+    for v in [*ts.values(), *cs.values()]:
+        v.requires_grad_(True)
+    got = op(ts, cs)
+    # Reference: the eager lowering in float64 on the same (rounded) values.
+    ts64 = {k: v.detach().double().requires_grad_(True) for k, v in ts.items()}
+    cs64 = {k: v.detach().double().requires_grad_(True) for k, v in cs.items()}
+    want = block_update(scheme, backend="torch")(ts64, cs64)
+    tol = TOL[dtype]
+    for s in want:
+        assert got[s].dtype == dtype and got[s].shape == want[s].shape
+        scale = max(1.0, float(want[s].detach().abs().max()))
+        torch.testing.assert_close(got[s].double(), want[s], rtol=tol, atol=tol * scale)
+    # The upstream gradient reaches the op in the output's dtype: round the reference's too, so
+    # both sides differentiate the same numbers.
+    upstream = {
+        s: torch.randn(v.shape, generator=gen, dtype=torch.float64).to(dtype).double()
+        for s, v in want.items()
+    }
+    leaves = [*ts.values(), *cs.values()]
+    g_got = torch.autograd.grad(sum((got[s].double() * upstream[s]).sum() for s in got), leaves)
+    g_want = torch.autograd.grad(
+        sum((want[s] * upstream[s]).sum() for s in want), [*ts64.values(), *cs64.values()]
+    )
+    for leaf, a, b in zip([*ts, *cs], g_got, g_want, strict=True):
+        # Input gradients are rounded once to the storage dtype; coefficient gradients are
+        # float32/64 sums of the same terms (error ~ n * 6e-8 relative): the same tolerance.
+        scale = max(1.0, float(b.abs().max()))
+        torch.testing.assert_close(
+            a.double(), b, rtol=tol, atol=tol * scale, msg=lambda m, n=leaf: f"{n}: {m}"
+        )
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16])
+@pytest.mark.parametrize("name", CASES)
+def test_dtypes_sizes_and_layouts(name, dtype, nan_empty):
+    gen = torch.Generator().manual_seed(7)
+    per_channel = block_update(unroll.schemes[name]).block.per_channel
+    for n in SIZES:
+        shape = (1, 3, n, 1) if per_channel else (n,)
+        _compare(name, dtype, shape, "contiguous", gen)
+    shape = (2, 5, 3, 3) if per_channel else (5, 7)
+    _compare(name, dtype, shape, "strided", gen)
+    if per_channel:
+        _compare(name, dtype, shape, "channels_last", gen)  # channels are the columns
+        _compare(name, dtype, (9, 5), "contiguous", gen)  # (N, C)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", CASES)
+def test_bfloat16_on_gpu(name):
+    gen = torch.Generator().manual_seed(3)
+    _compare(name, torch.bfloat16, (2, 5, 7, 3), "contiguous", gen)
+
+
+def test_coefficient_values_are_arguments_not_compile_time_constants(monkeypatch):
+    """Changing β or b changes no compile-time argument of either kernel, so no recompilation
+    (Triton specialises on constexprs and argument types; the coefficients are pointers)."""
+    module = kernel_module(unroll.schemes["hb_net"])
+    seen: list[tuple] = []
+
+    def spy(kernel):
+        class Spy:
+            def __getitem__(self, grid):
+                def launch(*args, **kwargs):
+                    types = tuple(
+                        (a.dtype, a.data_ptr() % 16 == 0) if isinstance(a, torch.Tensor) else a
+                        for a in args
+                    )
+                    seen.append((kernel.__name__, types, tuple(sorted(kwargs.items(), key=str))))
+                    return kernel[grid](*args, **kwargs)
+
+                return launch
+
+        return Spy()
+
+    for k in ("hb_net_fwd_kernel", "hb_net_bwd_kernel"):
+        monkeypatch.setattr(module, k, spy(getattr(module, k)))
+    x = torch.randn(4, 3, 5, requires_grad=True)
+    for beta in (0.5, -0.25):
+        b = torch.full((3,), beta, requires_grad=True)
+        out = module.update(
+            x_k=x, x_km1=x.detach() * 2, o_0=x.detach() + 1, b=b, beta=torch.tensor(beta)
+        )["x"]
+        out.sum().backward()
+    fwd = [s for s in seen if s[0] == "hb_net_fwd_kernel"]
+    bwd = [s for s in seen if s[0] == "hb_net_bwd_kernel"]
+    assert len(fwd) == 2 and fwd[0] == fwd[1]
+    assert len(bwd) == 2 and bwd[0] == bwd[1]
+
+
+@pytest.mark.gpu
+def test_training_coefficients_never_recompiles():
+    module = kernel_module(unroll.schemes["lm_resnet"])
+    x = torch.randn(1000, device="cuda")
+    kappa = torch.tensor(-0.05, device="cuda", requires_grad=True)
+    opt = torch.optim.SGD([kappa], lr=0.1)
+    counts = []
+    for _ in range(3):
+        opt.zero_grad()
+        one = torch.tensor(1.0, device="cuda")
+        module.update(u_n=x, u_nm1=x * 0.9, o_0=x.sin(), h=one, kappa=kappa)["u"].sum().backward()
+        opt.step()
+        # Triton keeps one compiled binary per specialisation in device_caches[device][0].
+        kernel = module.lm_resnet_fwd_kernel
+        counts.append(len(kernel.device_caches[torch.cuda.current_device()][0]))
+    assert counts[0] == counts[-1]
+
+
+def test_autograd_saves_only_what_the_backward_reads():
+    """forward_euler: x + h o. d/dx = 1 and d/do = h need no tensor; d/dh = o needs o. So the
+    op saves o (and the coefficient), never x."""
+    module = kernel_module(unroll.schemes["forward_euler"])
+    x = torch.randn(6, requires_grad=True)
+    o = torch.randn(6, requires_grad=True)
+    h = torch.tensor(0.1, requires_grad=True)
+    packed = []
+
+    def pack(t):
+        packed.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = module.update(x_k=x, o_0=o, h=h)["x"]
+    ptrs = {t.data_ptr() for t in packed}
+    assert o.data_ptr() in ptrs and x.data_ptr() not in ptrs
+    out.sum().backward()
+    torch.testing.assert_close(h.grad, o.detach().sum())  # d/dh Σ(x + h o) = Σ o
+
+
+def test_torch_compile_sees_one_op_without_graph_breaks():
+    module = kernel_module(unroll.schemes["hb_net"])
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    def step(x, xp, W, b, beta):
+        return module.update(x_k=x, x_km1=xp, o_0=x @ W, b=b, beta=beta)["x"]
+
+    x, xp, W = torch.randn(4, 3), torch.randn(4, 3), torch.randn(3, 3)
+    b, beta = torch.zeros(3), torch.tensor(0.5)
+    out = torch.compile(step, backend=backend, fullgraph=True)(x, xp, W, b, beta)
+    torch.testing.assert_close(out, step(x, xp, W, b, beta))
+    ops = [n.target for g in graphs for n in g.graph.nodes if n.op == "call_function"]
+    fused = [t for t in ops if "unroll" in str(t)]
+    assert len(fused) == 1, ops
+
+    class Step(torch.nn.Module):
+        def forward(self, x, xp, W, b, beta):
+            return step(x, xp, W, b, beta)
+
+    exported = torch.export.export(Step(), (x, xp, W, b, beta))
+    targets = [str(n.target) for n in exported.graph.nodes if n.op == "call_function"]
+    assert sum("unroll" in t for t in targets) == 1, targets
+
+
+def test_bad_inputs_are_clear_errors():
+    op = block_update(unroll.schemes["hb_net"], backend="triton")
+    x = torch.randn(2, 3)
+    with pytest.raises(UnrollError, match="o_0"):
+        op({"x_k": x, "x_km1": x}, {"b": torch.zeros(3), "beta": 0.5})
+    with pytest.raises(UnrollError, match="b: 4 values, expected 3"):
+        op({"x_k": x, "x_km1": x, "o_0": x}, {"b": torch.zeros(4), "beta": 0.5})
+    with pytest.raises(UnrollError, match="backend"):
+        block_update(unroll.schemes["hb_net"], backend="cuda")
+
+
+def test_auto_backend_is_torch_off_cuda():
+    op = block_update(unroll.schemes["heavy_ball"])
+    assert op.resolve("cpu") == "torch"
+    x = torch.randn(5)
+    out = op({"x_k": x, "x_km1": x, "o_0": x}, {"alpha": 0.1, "beta": 0.9})
+    torch.testing.assert_close(out["x"], x - 0.1 * x)
