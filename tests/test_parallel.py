@@ -135,3 +135,32 @@ def test_bad_inputs_are_named():
     wide = Parallel([nn.Linear(5, 2)])
     with pytest.raises(UnrollError, match="branch 0"):
         wide(torch.zeros(1, 5))
+
+
+def test_cli_compares_layouts_from_one_start(tmp_path):
+    """K = 1 is the same function in both layouts, so training must give identical numbers;
+    for K = 2 the layouts differ from the start (a positive init gap)."""
+    pytest.importorskip("sklearn")
+    from click.testing import CliRunner
+
+    from unroll.cli import cli
+    from unroll.commands.parallel import experiment
+
+    runs = experiment(depths=[1, 2], width=8, hidden=8, epochs=2, seeds=1, lr=1e-2, order=1)
+    by = {(r.depth, r.layout): r for r in runs}
+    assert by[1, "sequential"].curve == by[1, "parallel"].curve
+    assert by[1, "sequential"].init_gap == 0
+    assert by[2, "sequential"].init_gap > 0
+    assert by[2, "sequential"].curve != by[2, "parallel"].curve
+    assert by[2, "sequential"].params == by[2, "parallel"].params
+
+    args = ["parallel", "--depths", "1,2", "--width", "8", "--hidden", "8", "--epochs", "1"]
+    result = CliRunner().invoke(cli, [*args, "--seeds", "1", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / "parallel.md").read_text()
+    assert "unroll parallel --depths 1,2 --width 8" in text
+    assert text.count("\n| 1 |") == 1 and text.count("\n| 2 |") == 1
+    assert (tmp_path / "parallel.png").read_bytes()[:4] == b"\x89PNG"
+
+    bad = CliRunner().invoke(cli, ["parallel", "--depths", "2,x"])
+    assert bad.exit_code == 2 and "--depths" in bad.output
