@@ -1,0 +1,53 @@
+"""Analyses of schemes, each a pure function of a `Scheme` (one module per analysis).
+
+- `order` (order.py, with bseries.py): the order of consistency;
+- `characteristic_roots`, `is_zero_stable`, `stability_function`, `stability_region`
+  (stability.py): zero-stability and absolute stability;
+- `modified_equation` (modified.py): the equation the scheme solves to higher order;
+- `iteration_matrix`, `rate`, `tune` (rates.py): optimizer schemes on quadratics.
+"""
+
+from __future__ import annotations
+
+from .modified import modified_equation
+from .order import order, order_conditions
+from .rates import (
+    FAMILIES,
+    LAM,
+    history_labels,
+    iteration_matrix,
+    known_tuning,
+    rate,
+    tune,
+)
+from .stability import (
+    ZETA,
+    StabilityRegion,
+    Z,
+    characteristic_roots,
+    first_characteristic_polynomial,
+    is_zero_stable,
+    stability_function,
+    stability_region,
+)
+
+__all__ = [
+    "FAMILIES",
+    "LAM",
+    "history_labels",
+    "iteration_matrix",
+    "known_tuning",
+    "rate",
+    "tune",
+    "Z",
+    "ZETA",
+    "StabilityRegion",
+    "characteristic_roots",
+    "first_characteristic_polynomial",
+    "is_zero_stable",
+    "modified_equation",
+    "order",
+    "order_conditions",
+    "stability_function",
+    "stability_region",
+]

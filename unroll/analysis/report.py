@@ -1,0 +1,322 @@
+"""Every analysis of one scheme as one report (`facts`), and the scheme catalogue docs/schemes.md.
+
+`facts` gathers what `unroll inspect` prints and what docs/schemes.md lists; an analysis that does
+not apply is a "not applicable: <reason>" note, never a crash. Regenerate the catalogue and the
+stability-region figure with ``python -m unroll.analysis.report`` (or ``unroll docs``);
+tests/test_docs_schemes.py fails when docs/schemes.md is out of date.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import sympy as sp
+
+from ..errors import UnrollError
+from . import rates, stability
+from ._common import ode_view
+from .modified import modified_equation
+from .order import order
+
+MU, L = 1.0, 100.0  # the interval of curvatures the catalogue tunes for (κ = 100)
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+FIGURE = "stability.png"
+
+
+def _try(fn, *args, **kwargs) -> tuple[Any, str | None]:
+    try:
+        return fn(*args, **kwargs), None
+    except UnrollError as e:
+        return None, str(e).splitlines()[0]
+
+
+def _optional(module: str, name: str):
+    """``module.name`` when another pass provides it, else None."""
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return None
+
+
+def _text(e: Any) -> str:
+    if isinstance(e, sp.Basic):
+        return sp.sstr(e)
+    return str(e)
+
+
+def facts(scheme, activation: str | None = None, mu: float = MU, L: float = L) -> dict:
+    """What unroll knows of ``scheme``, as JSON-ready data: each analysis's value (None where it
+    does not apply) and, in ``notes``, why an analysis is absent."""
+    out: dict[str, Any] = {
+        "scheme": scheme.name or None,
+        "equations": str(scheme),
+        "kind": scheme.kind,
+        "explicit": scheme.is_explicit,
+        "declared_architecture": scheme.architecture,
+    }
+    notes: dict[str, str] = {}
+
+    identify = _optional("unroll.identify", "identify")
+    if identify is None:
+        notes["architecture"] = "not available: unroll.identify is not installed"
+        out["architecture"] = None
+    else:
+        out["architecture"], err = _try(identify, scheme)
+        if err:
+            notes["architecture"] = err
+        elif out["architecture"] is None:
+            notes["architecture"] = "no known architecture matches"
+
+    layer_form = _optional("unroll.nn", "layer_form")
+    if layer_form is None:
+        out["layer"], notes["layer"] = None, "not available: unroll.nn.layer_form is missing"
+    else:
+        form, err = _try(layer_form, scheme)
+        out["layer"] = "; ".join(str(form).splitlines()) if form is not None else None
+        if err:
+            notes["layer"] = err
+
+    act = activation if activation is not None else scheme.activation
+    if act is not None:
+        from .. import activations
+
+        activations.get(act)  # an unknown name is the user's error, not a note
+    out["activation"] = act
+    objective = _optional("unroll.objective", "objective")
+    uses_layer = scheme.kind in ("layer", "optimizer")
+    if act is None or not uses_layer:
+        out["objective"] = None
+        notes["objective"] = (
+            "not applicable: no activation given" if uses_layer else "not applicable: ODE scheme"
+        )
+    elif objective is None:
+        out["objective"] = None
+        notes["objective"] = "not available: unroll.objective is not installed"
+    else:
+        obj, err = _try(objective, act)
+        out["objective"] = _text(obj) if obj is not None else None
+        if err:
+            notes["objective"] = err
+
+    if scheme.kind == "ode":
+        symbolic = False
+        for key, fn in (
+            ("order", order),
+            ("zero_stable", stability.is_zero_stable),
+            ("characteristic_roots", stability.characteristic_roots),
+            ("stability_function", stability.stability_function),
+            ("modified_equation", modified_equation),
+        ):
+            value, err = _try(fn, scheme)
+            if err:
+                notes[key] = err
+            if key == "characteristic_roots" and value is not None:
+                symbolic = any(isinstance(r, sp.Basic) and r.free_symbols for r in value)
+                value = [_text(r) for r in value]
+            elif isinstance(value, sp.Eq):
+                value = f"{_text(value.lhs)} = {_text(value.rhs)}"
+            elif isinstance(value, sp.Basic):
+                value = _text(value)
+            out[key] = value
+        if out["characteristic_roots"] and symbolic:
+            out["zero_stable_at"] = {n: v for n, v in scheme.defaults().items() if n != "h"}
+        view, err = _try(ode_view, scheme, "stability")
+        out["stability_kind"] = None if view is None else ("R(z)" if view.depth == 1 else "π(ζ, z)")
+    else:
+        for key in ("order", "zero_stable", "stability_function", "modified_equation"):
+            out[key] = None
+            notes[key] = f"not applicable: {scheme.kind} schemes have no step h"
+
+    if scheme.kind == "optimizer":
+        matrix, err = _try(rates.iteration_matrix, scheme)
+        out["iteration_matrix"] = _text(matrix) if matrix is not None else None
+        if err:
+            notes["iteration_matrix"] = notes["rate"] = notes["tuned"] = err
+            out["rate_at_defaults"] = out["tuned"] = out["tuned_rate"] = None
+        else:
+            out["history"] = rates.history_labels(scheme)
+            out["mu"], out["L"] = mu, L
+            out["rate_at_defaults"], err = _try(rates.rate, scheme, mu, L)
+            if err:
+                notes["rate"] = err
+            known = rates.known_tuning(scheme)
+            out["tuned"], err = _try(rates.tune, scheme, mu, L)
+            if err:
+                notes["tuned"] = err
+                out["tuned_rate"] = None
+            else:
+                out["tuned_rate"] = rates.rate(scheme, mu, L, **out["tuned"])
+            out["tuning"] = (
+                {
+                    "method": f"closed form ({known.family.name}; {known.family.reference})",
+                    "parameters": {n: _text(v) for n, v in known.params.items()},
+                    "rate": _text(known.rate),
+                }
+                if known
+                else {"method": "numerical search"}
+            )
+    else:
+        notes["rate"] = "not applicable: not an optimizer scheme"
+    out["notes"] = notes
+    return out
+
+
+_LABELS = [
+    ("kind", "kind"),
+    ("declared_architecture", "declared architecture"),
+    ("architecture", "identified architecture"),
+    ("layer", "layer"),
+    ("activation", "activation"),
+    ("objective", "objective"),
+    ("order", "order"),
+    ("zero_stable", "zero-stable"),
+    ("characteristic_roots", "roots of ρ(ζ)"),
+    ("stability_function", "stability"),
+    ("modified_equation", "modified equation"),
+    ("iteration_matrix", "iteration matrix on F = ½λx²"),
+    ("rate_at_defaults", "rate at the defaults"),
+    ("tuned", "tuned parameters"),
+    ("tuned_rate", "tuned rate"),
+]
+
+
+def _value_text(key: str, value: Any, f: dict) -> str:
+    if key in ("rate_at_defaults", "tuned_rate"):
+        return f"{value:.4f} over λ ∈ [{f['mu']:g}, {f['L']:g}]"
+    if key == "tuned":
+        body = ", ".join(f"{n} = {v:.6g}" for n, v in value.items()) or "none"
+        return f"{body} ({f['tuning']['method']})"
+    if key == "stability_function":
+        return f"{f['stability_kind']} = {value}"
+    if key == "characteristic_roots":
+        return ", ".join(value)
+    if key == "zero_stable":
+        at = f.get("zero_stable_at")
+        where = f" at {', '.join(f'{n} = {v:g}' for n, v in at.items())}" if at else ""
+        return ("yes" if value else "no") + where
+    if key == "iteration_matrix":
+        return f"{value} on ({', '.join(f['history'])})"
+    return str(value)
+
+
+def lines(f: dict) -> list[str]:
+    """The report as ``label: value`` lines (absent analyses with their note, each note once)."""
+    out = [f"scheme: {f['scheme'] or '(from text)'}", "equations:"]
+    out += [f"  {line}" for line in f["equations"].splitlines()]
+    said: set[str] = set()
+    for key, name in _LABELS:
+        value = f.get(key)
+        if value is not None:
+            out.append(f"{name}: {_value_text(key, value, f)}")
+            continue
+        note = f["notes"].get(key)
+        if note is not None and note not in said:
+            said.add(note)
+            out.append(f"{name}: {note}")
+    return out
+
+
+def _md_cell(value: Any) -> str:
+    return str(value).replace("|", "\\|")
+
+
+def markdown(schemes=None) -> str:
+    """docs/schemes.md: every bundled scheme with its formula and analyses."""
+    if schemes is None:
+        from ..library import schemes as bundled
+
+        schemes = bundled
+    out = [
+        "# The bundled schemes",
+        "",
+        "Generated by `unroll docs` (`python -m unroll.analysis.report`) from the analyses in",
+        "`unroll/analysis/`; do not edit. tests/test_docs_schemes.py checks that it is current.",
+        "",
+        "Conventions: ODE schemes are analysed on ẋ = f(t, x) with step h; a residual network",
+        "without a step (PolyNet, FractalNet) reads each branch as h·f, and every branch as the",
+        "same f. Order 0 means inconsistent: the scheme does not converge to the solution of",
+        "ẋ = f(x) (LM-ResNet for κ ≠ 0 solves (1 + κ)u̇ = f(u) instead, see its modified",
+        "equation). Optimizer schemes are analysed on F = ½λx² with λ ∈ "
+        f"[{MU:g}, {L:g}] (κ = {L / MU:g}).",
+        "",
+        f"![Stability regions]({FIGURE})",
+        "",
+        "| scheme | kind | architecture (identified) | order | zero-stable | rate: defaults / tuned |",
+        "|---|---|---|---|---|---|",
+    ]
+    all_facts = {name: facts(s) for name, s in schemes.items()}
+    for name, f in all_facts.items():
+        arch = f["architecture"] or "—"
+        order_ = "n/a" if f["order"] is None else str(f["order"])
+        zs = "n/a" if f["zero_stable"] is None else ("yes" if f["zero_stable"] else "no")
+        if f.get("tuned_rate") is not None:
+            rate = f"{f['rate_at_defaults']:.4f} / {f['tuned_rate']:.4f}"
+        else:
+            rate = "n/a"
+        out.append(
+            f"| [{name}](#{name}) | {f['kind']} | {_md_cell(arch)} | {order_} | {zs} | {rate} |"
+        )
+    for name, f in all_facts.items():
+        s = schemes[name]
+        out += ["", f"## {name}", ""]
+        if s.description:
+            out += [s.description, ""]
+        out += ["```", f["equations"], "```", ""]
+        for line in lines(f)[2 + len(f["equations"].splitlines()) :]:
+            label, _, value = line.partition(": ")
+            out.append(f"- {label}: `{value}`" if _is_formula(label) else f"- {line}")
+    return "\n".join(out) + "\n"
+
+
+def _is_formula(label: str) -> bool:
+    return label in (
+        "layer",
+        "stability",
+        "modified equation",
+        "iteration matrix on F = ½λx²",
+        "roots of ρ(ζ)",
+        "objective",
+    )
+
+
+def figure(path: Path, schemes=None) -> Path:
+    """One grid figure of the stability regions of the bundled one-state ODE schemes."""
+    from matplotlib.figure import Figure
+
+    if schemes is None:
+        from ..library import schemes as bundled
+
+        schemes = bundled
+    regions = []
+    for s in schemes.values():
+        if s.kind != "ode":
+            continue
+        region, err = _try(stability.stability_region, s, n=201)
+        if region is not None:
+            regions.append(region)
+    cols = 4
+    rows = -(-len(regions) // cols)
+    fig = Figure(figsize=(3.2 * cols, 3.2 * rows), dpi=90, layout="constrained")
+    for i, region in enumerate(regions):
+        region.draw(fig.add_subplot(rows, cols, i + 1))
+    fig.suptitle("Absolute stability regions (shaded: stable), z = hλ")
+    fig.savefig(path, format="png", metadata={"Software": None})
+    return path
+
+
+def write(directory: Path = DOCS, figures: bool = True) -> list[Path]:
+    """Write schemes.md (and the figure) into ``directory``; returns the paths written."""
+    directory.mkdir(parents=True, exist_ok=True)
+    md = directory / "schemes.md"
+    md.write_text(markdown(), encoding="utf-8")
+    written = [md]
+    if figures:
+        written.append(figure(directory / FIGURE))
+    return written
+
+
+if __name__ == "__main__":  # pragma: no cover - the same as `unroll docs`
+    for p in write():
+        print(p)

@@ -1,0 +1,227 @@
+"""Zero-stability and absolute stability of one-state ODE schemes.
+
+On the test equation ẋ = λx every branch f(t, x) becomes λx, and one step becomes a linear
+recurrence x_{k+1} = Σ_j c_j(z) x_{k-j} in z = hλ (implicit schemes: the linear equations are
+solved for the new state and the stages). Its stability polynomial is
+π(ζ, z) = ζ^d − Σ_j c_j(z) ζ^{d−1−j} (denominators cleared); for a one-step scheme
+R(z) = c_0(z) is the stability function. The first characteristic polynomial is ρ(ζ) = π(ζ, 0).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sympy as sp
+
+from .. import ir
+from ..errors import UnrollError
+from ._common import OdeView, branch_parts, label, ode_view, substitutions
+
+Z = sp.Symbol("z")  # hλ
+ZETA = sp.Symbol("ζ")
+ROOT_TOL = 1e-9  # |root| within this of 1 counts as on the unit circle (float64 root finding)
+
+
+def _recurrence(view: OdeView) -> list[sp.Expr]:
+    """[c_0(z), ..., c_{d-1}(z)] with x_{k+1} = Σ_j c_j x_{k-j} on ẋ = λx, z = hλ."""
+    lam = sp.Dummy("λ")
+    past = [sp.Dummy(f"x{j}") for j in range(view.depth)]
+    new = sp.Dummy("x_new")
+    rename = {view.value(-j): past[j] for j in range(view.depth)}
+    rename[view.value(1)] = new
+    stages = [sp.Dummy(st.name) for st in view.stages]  # a stage may be called z, like hλ
+    rename.update(zip(view.stages, stages, strict=True))
+
+    def linear(e: sp.Basic) -> sp.Basic:
+        return e.replace(
+            lambda a: isinstance(a, sp.Function) and ir.operator_kind(a) == "branch",
+            lambda a: lam * branch_parts(a)[1],
+        )
+
+    eqs = []
+    for eq in view.equations:
+        for ref in eq.rhs.atoms(sp.Indexed):
+            if ref not in rename:
+                raise UnrollError(f"{ref}: not a value of the state {view.state}")
+        eqs.append(sp.Eq(eq.lhs.xreplace(rename), linear(eq.rhs).xreplace(rename)))
+    unknowns = [new, *stages]
+    (solution,) = sp.linsolve(eqs, unknowns) or [None]
+    if solution is None:
+        raise UnrollError("on ẋ = λx the step equations have no unique solution")
+    value = sp.expand(solution[0].subs(lam, Z / view.h))
+    coeffs = [sp.factor(sp.cancel(value.coeff(x))) for x in past]
+    rest = sp.simplify(value - sum(c * x for c, x in zip(coeffs, past, strict=True)))
+    if rest != 0 or any(c.has(*past, new, *stages) for c in coeffs):
+        raise UnrollError("on ẋ = λx the step is not linear in the past states")
+    return coeffs
+
+
+def stability_polynomial(view: OdeView) -> sp.Expr:
+    """π(ζ, z), a polynomial in ζ and z with no common denominator."""
+    coeffs = _recurrence(view)
+    d = view.depth
+    poly = ZETA**d - sum(c * ZETA ** (d - 1 - j) for j, c in enumerate(coeffs))
+    num, _ = sp.fraction(sp.cancel(sp.together(poly)))
+    num = sp.expand(num)
+    lead = sp.Poly(num, ZETA).LC()
+    if lead.is_number and lead < 0:
+        num = -num
+    return sp.collect(num, ZETA)
+
+
+def stability_function(scheme, **params: Any) -> sp.Expr:
+    """R(z), z = hλ, for a one-step scheme (x_{k+1} = R(z) x_k on ẋ = λx); for a multistep
+    scheme the stability polynomial π(ζ, z) (the scheme is stable at z when every root ζ has
+    modulus ≤ 1). Parameters other than h stay symbolic unless given."""
+    view = ode_view(scheme, "stability_function", params)
+    if view.depth == 1:
+        (r,) = _recurrence(view)
+        num, den = sp.fraction(sp.cancel(r))
+        return sp.expand(num) / sp.expand(den) if den != 1 else sp.expand(num)
+    return stability_polynomial(view)
+
+
+def first_characteristic_polynomial(scheme, **params: Any) -> sp.Expr:
+    """ρ(ζ) = π(ζ, 0)."""
+    view = ode_view(scheme, "characteristic_roots", params)
+    rho = sp.expand(stability_polynomial(view).subs(Z, 0))
+    if rho == 0:
+        raise UnrollError(f"{label(scheme)!r}: ρ(ζ) vanishes identically")
+    return rho
+
+
+def characteristic_roots(scheme, **params: Any) -> list:
+    """The roots of ρ(ζ), each repeated by its multiplicity (symbolic where parameters are left
+    out and SymPy finds them in closed form, else floats at the given or default values)."""
+    rho = first_characteristic_polynomial(scheme, **params)
+    found = sp.roots(rho, ZETA)
+    deg = sp.Poly(rho, ZETA).degree()
+    if sum(found.values()) == deg:
+        return [r for r, m in found.items() for _ in range(m)]
+    rho = rho.xreplace(substitutions(scheme, params, defaults=True))
+    _require_numeric(scheme, rho)
+    return [complex(r) if r.imag else float(r.real) for r in _numeric_roots(sp.Poly(rho, ZETA))]
+
+
+def _require_numeric(scheme, expr: sp.Expr, also: tuple = ()) -> None:
+    free = sorted(s.name for s in expr.free_symbols - {ZETA, Z, *also})
+    if free:
+        raise UnrollError(
+            f"{label(scheme)!r}: parameter {free[0]} has no default; pass {free[0]}=... "
+            "to decide this numerically"
+        )
+
+
+def is_zero_stable(scheme, **params: Any) -> bool:
+    """The root condition: every root of ρ(ζ) in the closed unit disc, those on the circle
+    simple. Parameters not given take the scheme's defaults."""
+    rho = first_characteristic_polynomial(scheme, **params)
+    rho = rho.xreplace(substitutions(scheme, params, defaults=True))
+    _require_numeric(scheme, rho)
+    poly = sp.Poly(rho, ZETA)
+    if any(abs(r) > 1 + ROOT_TOL for r in _numeric_roots(poly)):
+        return False
+    repeated = sp.gcd(poly, poly.diff(ZETA))  # exact: the roots of ρ that are not simple
+    return not any(abs(abs(r) - 1) <= ROOT_TOL for r in _numeric_roots(repeated))
+
+
+def _numeric_roots(poly: sp.Poly) -> np.ndarray:
+    return np.roots(np.array([complex(c) for c in poly.all_coeffs()]))
+
+
+@dataclass(frozen=True)
+class StabilityRegion:
+    """The absolute-stability region sampled on a grid of z = x + iy.
+
+    ``x``: (nx,) real parts; ``y``: (ny,) imaginary parts; ``modulus``: (ny, nx) |R(z)| for a
+    one-step scheme, the largest root modulus of π(ζ, z) for a multistep one; ``stable``:
+    (ny, nx) booleans, modulus ≤ 1.
+    """
+
+    name: str
+    x: np.ndarray
+    y: np.ndarray
+    modulus: np.ndarray
+    formula: str
+
+    @property
+    def stable(self) -> np.ndarray:
+        return self.modulus <= 1 + 1e-12
+
+    def draw(self, ax) -> None:
+        """Draw the region (shaded) and its boundary on a matplotlib ``ax``."""
+        ax.contourf(
+            self.x, self.y, self.stable.astype(float), levels=[0.5, 1.5], colors=["#9ecae1"]
+        )
+        ax.contour(self.x, self.y, self.modulus, levels=[1.0], colors=["#08519c"], linewidths=1)
+        ax.axhline(0, color="0.5", lw=0.5)
+        ax.axvline(0, color="0.5", lw=0.5)
+        ax.set_aspect("equal")
+        ax.set_xlabel("Re z")
+        ax.set_ylabel("Im z")
+        ax.set_title(self.name, fontsize=10)
+
+    def plot(self, path: str | Path) -> Path:
+        """Save the region as a PNG at ``path``; returns the path."""
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(4.5, 4.5), dpi=100, layout="constrained")
+        self.draw(fig.add_subplot())
+        path = Path(path)
+        try:
+            fig.savefig(path, format="png")
+        except OSError as e:
+            raise UnrollError(f"cannot write {path}: {e}") from None
+        return path
+
+
+def stability_region(
+    scheme,
+    re: tuple[float, float] = (-5.0, 2.0),
+    im: tuple[float, float] = (-3.5, 3.5),
+    n: int = 281,
+    plot: str | Path | None = None,
+    **params: Any,
+) -> StabilityRegion:
+    """Sample the absolute-stability region on an n×n grid of z over ``re`` × ``im`` (and save
+    a PNG at ``plot``). Parameters other than h take the given values, else the defaults."""
+    if n < 2:
+        raise UnrollError(f"n must be at least 2, not {n}")
+    view = ode_view(scheme, "stability_region", params)
+    subs = substitutions(scheme, params, defaults=True)
+    x = np.linspace(*re, n)
+    y = np.linspace(*im, n)
+    zz = x[None, :] + 1j * y[:, None]
+    if view.depth == 1:
+        (r,) = _recurrence(view)
+        r = r.xreplace(subs)
+        _require_numeric(scheme, r)
+        formula = f"R(z) = {r}"
+        with np.errstate(divide="ignore", invalid="ignore"):
+            modulus = np.abs(np.broadcast_to(sp.lambdify(Z, r, "numpy")(zz), zz.shape))
+    else:
+        poly = stability_polynomial(view).xreplace(subs)
+        _require_numeric(scheme, poly)
+        formula = f"π(ζ, z) = {poly}"
+        coeffs = sp.Poly(poly, ZETA).all_coeffs()
+        values = [np.broadcast_to(sp.lambdify(Z, c, "numpy")(zz), zz.shape) for c in coeffs]
+        lead = values[0]
+        deg = len(coeffs) - 1
+        # The roots of π(·, z) are the eigenvalues of its companion matrix, for all z at once.
+        comp = np.zeros((*zz.shape, deg, deg), dtype=complex)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            for i in range(deg):
+                comp[..., 0, i] = -values[i + 1] / lead
+        comp[..., np.arange(1, deg), np.arange(deg - 1)] = 1
+        bad = ~np.isfinite(comp).all(axis=(-1, -2))
+        comp[bad] = 0
+        modulus = np.abs(np.linalg.eigvals(comp)).max(axis=-1)
+        modulus[bad] = np.inf
+    modulus = np.where(np.isfinite(modulus), modulus, np.inf)
+    region = StabilityRegion(label(scheme), x, y, modulus, formula)
+    if plot is not None:
+        region.plot(plot)
+    return region
