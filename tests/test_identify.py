@@ -83,6 +83,7 @@ NEAR_MISSES = [
     "x_<k+1> = φ(W(x_k + x_<k-2>) + b)",  # DenseNet skipping x_<k-1>
     "x_<k+1> = x_k f(x_k)",  # not a linear combination
     "x_<k+1> = x_k + f(x_k) + c",  # ResNet plus a constant
+    "x_<k+1> = x_k - α∇F(x_k) - γ∇F(x_<k-1>)",  # an optimizer step with no layer form
 ]
 
 
@@ -95,3 +96,20 @@ def test_identify_takes_a_bundled_name_and_refuses_other_things():
     assert identify("revnet") == "RevNet"
     with pytest.raises(unroll.UnrollError, match="identify takes a Scheme"):
         identify(42)
+
+
+def test_show_prints_the_architecture_and_the_layer():
+    from click.testing import CliRunner
+
+    from unroll.cli import cli
+
+    result = CliRunner().invoke(cli, ["show", "heavy_ball", "--activation", "tanh"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert "architecture: HB-Net" in lines
+    at = lines.index("layer (φ = tanh):")
+    layer = unroll.compile(lines[at + 1].strip().replace("tanh(", "φ("))
+    assert layer.equations == unroll.schemes["hb_net"].equations  # written from the paper
+
+    bad = CliRunner().invoke(cli, ["show", "hb_net", "--activation", "nope"])
+    assert bad.exit_code == 2 and "unknown activation 'nope'" in bad.output

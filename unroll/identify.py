@@ -93,7 +93,10 @@ def canonical(scheme: Scheme) -> Canonical | None:
 
     if not scheme.is_explicit:
         return None
-    form = layer_form(scheme)
+    try:
+        form = layer_form(scheme)
+    except UnrollError:  # an optimizer step with no layer (two gradient terms, ...)
+        return None
     k = form.index
     scalar = {n for n, s in form.states.items() if s.scalar}
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 
-def describe(scheme) -> list[str]:
-    """The lines `unroll show` prints for ``scheme``."""
+def describe(scheme, activation: str | None = None) -> list[str]:
+    """The lines `unroll show` prints for ``scheme`` (its layer with φ = ``activation``)."""
     lines = [f"scheme: {scheme.name or '(from text)'}"]
     if scheme.description:
         lines.append(f"description: {scheme.description}")
@@ -41,15 +41,44 @@ def describe(scheme) -> list[str]:
         lines.append(f"activation: {scheme.activation}")
     if scheme.startup:
         lines.append(f"start-up scheme: {scheme.startup}")
+    return lines + _network(scheme, activation)
+
+
+def _network(scheme, activation: str | None) -> list[str]:
+    """The identified architecture and the layer form, φ written as the activation's name."""
+    import sympy as sp
+
+    from .. import activations, ir
+    from ..errors import UnrollError
+    from ..identify import identify
+    from ..nn import layer_form
+    from ..printing import equation_text
+
+    name = identify(scheme) or "none known"
+    if scheme.architecture and scheme.architecture != name:
+        name += f" (the scheme file says {scheme.architecture})"
+    lines = [f"architecture: {name}"]
+    act = activation or scheme.activation
+    if act is not None:
+        activations.get(act)  # an unknown name is an UnrollError listing the known ones
+    try:
+        form = layer_form(scheme)
+    except UnrollError as e:
+        return lines + [f"layer: none ({e})"]
+    phi = sp.Function(act) if act else ir.ACT
+    lines.append(f"layer{f' (φ = {act})' if act else ''}:")
+    lines += [f"  {equation_text(eq.replace(ir.ACT, phi))}" for eq in form.equations]
     return lines
 
 
 @click.command("show")
 @click.argument("scheme")
-def command(scheme: str) -> None:
-    """Show SCHEME (a bundled name, a YAML file or scheme text): equations, states, parameters."""
+@click.option("--activation", default=None, help="φ for the layer formula (default: the scheme's).")
+def command(scheme: str, activation: str | None) -> None:
+    """Show SCHEME (a bundled name, a YAML file or scheme text): equations, states, parameters,
+    the architecture it is and its network layer."""
     from ..library import resolve
 
     s = resolve(scheme)
-    for line in describe(s):
+    for line in describe(s, activation):
         click.echo(line)
