@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Literal
 
+import sympy as sp
+
 from .. import cache
 from ..errors import UnrollError
 from ..scheme import Scheme
@@ -126,3 +128,71 @@ def block_update(
     if backend not in BACKENDS:
         raise UnrollError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
     return BlockUpdate(block_of(scheme, activation), backend)
+
+
+def network_update(
+    form: Scheme,
+    activation: str | None,
+    backend: Backend,
+    call_ops: tuple[str, ...],
+    history: Mapping[str, Any],
+    outputs: Any,
+    coefficients: Mapping[str, Any],
+    n: int = 0,
+) -> dict[str, Any] | None:
+    """The fused block update for `unroll.nn` (`Block.update`'s arguments: ``history``
+    {state: (x_k, x_<k-1>, ...)}, ``outputs`` in program-call order, ``coefficients``
+    {parameter: tensor}); None when ``backend`` resolves to PyTorch for these tensors (the
+    caller then runs its eager update). ``call_ops``: the program's operator names in call
+    order, checked against the block's so outputs are matched by position."""
+    ref = next(iter(outputs), None)
+    if ref is None:
+        ref = next(v[0] for v in history.values() if v[0].dim() > 0)
+    if backend == "auto" and (ref.device.type != "cuda" or activation is None and _uses_act(form)):
+        return None
+    if backend == "torch":
+        return None
+    if _uses_act(form) and activation is None:
+        raise UnrollError(
+            "backend='triton' needs the activation by name (a callable has no kernel)"
+        )
+    op = block_update(form, activation, "triton")
+    b = op.block
+    if tuple(c.op for c in b.calls) != tuple(call_ops):
+        if backend == "auto":
+            return None
+        raise UnrollError(
+            f"scheme {form.name!r}: the kernel's operator calls {[c.op for c in b.calls]} "
+            f"differ from the network's {list(call_ops)}"
+        )
+    from ..evaluate import compile_expr
+
+    env: dict[Any, Any] = {}
+    for name, values in history.items():
+        for j, v in enumerate(values):
+            env[form.state_value(name, -j)] = v
+    for name, v in coefficients.items():
+        env[sp.Symbol(name)] = v
+    h = coefficients.get("h")
+    env[form.index] = n
+    from .. import ir
+
+    env[ir.T] = n * h if h is not None else n
+    new: dict[str, Any] = {}
+    for eq in b.host:  # scalar states and their stages, on the host
+        env[eq.lhs] = compile_expr(eq.rhs)(env, {})
+        if isinstance(eq.lhs, sp.Indexed):
+            new[eq.lhs.base.label.name] = env[eq.lhs]
+    by_symbol = {c.symbol: v for c, v in zip(b.calls, outputs, strict=True)}
+    tensors = {i.name: by_symbol[i.symbol] if i.kind == "output" else env[i.ref] for i in b.inputs}
+    coefs = {c.name: env[c.ref] for c in b.coefficients}
+    new.update(op(tensors, coefs))
+    return new
+
+
+def _uses_act(form: Scheme) -> bool:
+    from .. import ir
+
+    return any(
+        ir.operator_kind(f) == "act" for eq in form.equations for f in ir.applications(eq.rhs)
+    )
