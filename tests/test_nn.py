@@ -350,7 +350,6 @@ def test_cuda_matches_cpu():
 @pytest.mark.parametrize(
     "name, options, message",
     [
-        ("hb_net", {"dim": 4, "backend": "triton"}, "not available yet"),
         ("hb_net", {"dim": 4, "backend": "cuda"}, "backend must be one of"),
         ("hb_net", {"dims": 4}, "unknown option 'dims'"),
         ("hb_net", {}, "pass dim="),

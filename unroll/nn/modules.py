@@ -62,7 +62,8 @@ class Options:
     probability p_n = 1 − (n/L)(1 − p_L); stochastic "drop" (η ~ Bernoulli(p_n) per sample)
     or "noise" (η = p_n + √(p_n(1 − p_n)) ξ, ξ ~ N(0, 1): the SDE of Lu et al.); at evaluation
     η = p_n.
-    backend: "auto", "torch" or "triton" (fused kernels, not available yet).
+    backend: "auto" (the fused Triton block update on CUDA tensors, PyTorch elsewhere),
+    "torch" or "triton" (`unroll.codegen.op.network_update`).
     """
 
     activation: str | Callable | None = None
@@ -95,11 +96,6 @@ class Options:
             )
         if self.backend not in BACKENDS:
             raise UnrollError(f"backend must be one of {', '.join(BACKENDS)}, not {self.backend!r}")
-        if self.backend == "triton":
-            raise UnrollError(
-                "backend='triton': the fused Triton block kernels are not available yet; "
-                "use backend='torch' or 'auto'"
-            )
         if self.stochastic not in STOCHASTIC:
             raise UnrollError(
                 f"stochastic must be one of {', '.join(STOCHASTIC)}, not {self.stochastic!r}"
@@ -315,6 +311,7 @@ class Block(nn.Module):
         self.operators = operators
         self.coefficients = coefficients
         self.backend = backend
+        self.activation_name: str | None = None  # set by the builder when φ has a name
         self._activation = activation
         self._main = _Compiled(program)
         self._boot = _Compiled(boot) if boot is not None else None
@@ -357,7 +354,16 @@ class Block(nn.Module):
         """The block update (the kernel hook): new states from the history, the operator
         outputs and the coefficients."""
         compiled = self._boot if boot and self._boot is not None else self._main
-        # backend "auto" and "torch": the eager lowering ("triton" is refused in Options).
+        if self.backend != "torch":
+            from ..codegen.op import network_update
+
+            calls = tuple(c.op for c in compiled.program.calls)
+            fused = network_update(
+                compiled.program.form, self.activation_name, self.backend, calls,
+                history, outputs, coefficients, n,
+            )  # fmt: skip
+            if fused is not None:
+                return fused
         return block_update(compiled, history, outputs, coefficients, self._ops(), n)
 
     def forward(self, x: torch.Tensor | Mapping[str, Any]) -> Any:
@@ -527,7 +533,11 @@ def _block(program: Program, boot: Program | None, opts: Options, scheme: Scheme
         else:  # pragma: no cover - layer_form removes ∇F
             raise UnrollError(f"operator {name} has no module")
     act = _activation(opts, form, program, boot)
-    return Block(program, operators, _coefficients(form, boot, opts), act, opts.backend, boot)
+    block = Block(program, operators, _coefficients(form, boot, opts), act, opts.backend, boot)
+    # The fused kernels know activations by name (a callable has none: PyTorch runs it).
+    named = opts.activation if opts.activation is not None else form.activation
+    block.activation_name = named if isinstance(named, str) else None
+    return block
 
 
 def _activation(opts: Options, form: Scheme, *programs: Program | None) -> Callable | None:
