@@ -2,6 +2,7 @@
 (reordered, expanded, renamed) and near misses that must not match."""
 
 import pytest
+import sympy as sp
 
 import unroll
 from unroll.identify import ARCHITECTURES, densenet_text, identify
@@ -37,6 +38,25 @@ def test_bundled_scheme_is_its_declared_architecture(name):
 def test_every_architecture_has_a_bundled_scheme():
     declared = {s.architecture for s in unroll.schemes.values()}
     assert set(ARCHITECTURES) <= declared
+
+
+def renamed(scheme: unroll.Scheme) -> unroll.Scheme:
+    """The scheme with every state, stage and parameter renamed and another index letter."""
+    j = sp.Symbol("j", integer=True)
+    m: dict = {sp.Symbol(n): sp.Symbol(f"{n}_r") for n in (*scheme.parameters, *scheme.stages)}
+    for eq in scheme.equations:
+        for ref in eq.atoms(sp.Indexed):
+            index = ref.indices[0].xreplace({scheme.index: j})
+            m[ref] = sp.IndexedBase(f"{ref.base.label.name}_r")[index]
+    return unroll.Scheme(
+        tuple(sp.Eq(eq.lhs.xreplace(m), eq.rhs.xreplace(m)) for eq in scheme.equations)
+    )
+
+
+@pytest.mark.parametrize("name", sorted(unroll.schemes))
+def test_renaming_does_not_change_the_answer(name):
+    scheme = unroll.schemes[name]
+    assert identify(renamed(scheme)) == identify(scheme)
 
 
 VARIANTS = [

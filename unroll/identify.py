@@ -314,7 +314,7 @@ def matches(scheme: Scheme | Canonical, text: str, nonzero: tuple[str, ...] = ()
 def _solvable(eqs: list, unknowns: list, must: list) -> bool:
     eqs = [e for e in (sp.expand(e) for e in eqs) if e != 0]
     if not eqs:
-        return all(True for _ in must)
+        return True  # every unknown is free, so each can be chosen nonzero
     used = [u for u in unknowns if any(e.has(u) for e in eqs)]
     if not used:
         return False  # a nonzero equation in the scheme's parameters alone
