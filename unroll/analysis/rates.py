@@ -320,18 +320,18 @@ def _numerical_tune(scheme, mu: float, L: float) -> dict[str, float]:
             lo = hi - 2.0
         ranges.append((lo, hi))
     f = _batched(m, [LAM, *[sp.Symbol(n) for n in names]])
-    lams = np.linspace(mu, L, 201)[:, None]
+    lams = np.linspace(mu, L, 101)[:, None]
 
     def objective(xs: np.ndarray) -> np.ndarray:
-        """The rate at each row of ``xs`` (points, params), on 201 values of λ."""
+        """The rate at each row of ``xs`` (points, params), on 101 values of λ."""
         mats = f(lams, *[xs[:, i][None, :] for i in range(xs.shape[1])])
         return np.abs(np.linalg.eigvals(mats)).max(axis=(0, -1))
 
     best = None
     width = np.array([hi - lo for lo, hi in ranges])
     center = np.array([(lo + hi) / 2 for lo, hi in ranges])
-    points = 21 if len(names) <= 2 else 7
-    for _ in range(6):
+    points = 11 if len(names) <= 2 else 5
+    for _ in range(16):
         axes = [
             np.clip(np.linspace(c - w / 2, c + w / 2, points), lo, hi)
             for c, w, (lo, hi) in zip(center, width, ranges, strict=True)
@@ -341,5 +341,5 @@ def _numerical_tune(scheme, mu: float, L: float) -> dict[str, float]:
         i = int(np.argmin(values))
         if best is None or values[i] < best[0]:
             best = (float(values[i]), xs[i])
-        center, width = best[1], width * 4 / (points - 1)
+        center, width = best[1], width / 2  # zoom slowly: the optimum sits in a narrow valley
     return {n: float(v) for n, v in zip(names, best[1], strict=True)}

@@ -68,6 +68,11 @@ def power(a: Series, e: int) -> Series:
     return out
 
 
+def _cut(a: Series, m: int) -> Series:
+    """``a`` cut (or padded with zeros) to the coefficients of h^0..h^m."""
+    return (list(a) + [sp.S.Zero] * (m + 1))[: m + 1]
+
+
 class Expander:
     """Evaluates scheme expressions as series in h, given series for the state values."""
 
@@ -138,27 +143,31 @@ class Expander:
     def step(self, history: Mapping[int, Series], new_guess: Series) -> Series:
         """x_{k+1} as a series, given the series of x_{k-j} (``history[-j]``); implicit
         equations (stages or x_{k+1} used before they are computed) are solved by fixed-point
-        iteration, which gains one power of h per pass because every unknown enters through h·f."""
-        view = self.view
-        env: dict = {view.value(j): s for j, s in history.items()}
+        iteration, which gains one power of h per pass because every unknown enters through h·f
+        (so pass m works with series cut after h^m)."""
+        view, full = self.view, self.n
         new = view.value(1)
-        env[new] = new_guess
-        for st in view.stages:
-            env[st] = constant(sp.S.Zero, self.n)
-        passes = 1 if view.is_explicit else self.n + 2
-        for _ in range(passes):
-            for eq in view.equations:
-                env[eq.lhs] = self(eq.rhs, env)
-        if not view.is_explicit:
-            before = env[new]
-            for eq in view.equations:
-                env[eq.lhs] = self(eq.rhs, env)
-            if any(sp.expand(a - b) != 0 for a, b in zip(before, env[new], strict=True)):
-                raise UnrollError(
-                    "the implicit equations do not fix the new state as a power series in the "
-                    f"step {view.h} (an unknown enters without a factor {view.h})"
-                )
-        return env[new]
+        unknowns: dict = {new: new_guess, **{st: constant(sp.S.Zero, full) for st in view.stages}}
+        orders = [full] if view.is_explicit else [*range(1, full + 1), full]
+        try:
+            for m in orders:
+                self.n = m
+                env = {view.value(j): s[: m + 1] for j, s in history.items()}
+                env.update({u: _cut(s, m) for u, s in unknowns.items()})
+                for eq in view.equations:
+                    env[eq.lhs] = self(eq.rhs, env)
+                before = unknowns[new]
+                unknowns = {u: env[u] for u in unknowns}
+        finally:
+            self.n = full
+        if not view.is_explicit and any(
+            sp.expand(a - b) != 0 for a, b in zip(before, unknowns[new], strict=True)
+        ):
+            raise UnrollError(
+                "the implicit equations do not fix the new state as a power series in the "
+                f"step {view.h} (an unknown enters without a factor {view.h})"
+            )
+        return unknowns[new]
 
     def residual(self, history: Mapping[int, Series], new: Series) -> Series:
         """x_{k+1} minus the scheme's right-hand side, with the given series for every state value
