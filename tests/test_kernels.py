@@ -367,3 +367,18 @@ def test_network_backend_triton_matches_torch(name, options):
             assert a is None or not a.any()
         else:
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_more_than_2_to_the_31_elements_on_gpu():
+    """64-bit offsets: the elements past 2^31 are written and right (float16, ~13 GB)."""
+    module = kernel_module(unroll.schemes["forward_euler"])
+    n = (1 << 31) + 7
+    x = torch.ones(n, dtype=torch.float16, device="cuda")
+    o = torch.full((n,), 2.0, dtype=torch.float16, device="cuda")
+    o[-5:] = torch.arange(5, dtype=torch.float16, device="cuda")
+    out = module.update(x_k=x, o_0=o, h=0.5)["x"]
+    torch.testing.assert_close(out[:3], torch.full((3,), 2.0, dtype=torch.float16, device="cuda"))
+    want = 1 + 0.5 * torch.arange(5, dtype=torch.float16, device="cuda")
+    torch.testing.assert_close(out[-5:], want)  # exact: small halves and integers in float16
