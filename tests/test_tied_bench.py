@@ -1,0 +1,59 @@
+"""The tied-network benchmark's plumbing (unroll.bench_tied) on the CPU: its eager network is the
+scheme's network, every mode's error against float64 is measured, and `unroll bench --tied`
+refuses without a GPU. No time is checked: interpreter times say nothing about a GPU."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+pytest.importorskip("triton")
+
+import unroll  # noqa: E402
+from unroll import bench_tied  # noqa: E402
+from unroll.cli import cli  # noqa: E402
+from unroll.nn import layer_form  # noqa: E402
+
+
+@pytest.mark.parametrize(("name", "coeff"), [("hb_net", "β"), ("agd_net", "β"), ("admm", "η")])
+def test_eager_network_is_the_schemes_network(name, coeff):
+    """The benchmark's eager function against `Scheme.run` of the layer (float64)."""
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(6, 8, generator=g, dtype=torch.float64)
+    W = torch.randn(8, 8, generator=g, dtype=torch.float64) / 3
+    b = torch.randn(8, generator=g, dtype=torch.float64)
+    scheme = unroll.schemes[name]
+    got = bench_tied.eager_network(scheme, 4)(x0, W, torch.tensor(0.4, dtype=x0.dtype), b)
+    want = layer_form(scheme).run(x0, 4, W=W, b=b, **{coeff: 0.4})
+    # The same operations in the same order: equal up to a few roundings.
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU path of the benchmark")
+def test_run_on_the_interpreter_reports_every_mode_and_its_error():
+    rows = bench_tied.run("hb_net", [(24, 16, 2)], dtype="float32", modes=("eager", "tied"))
+    assert [(r.mode, r.backward) for r in rows] == [
+        ("eager", False),
+        ("eager", True),
+        ("tied", False),
+        ("tied", True),
+    ]
+    for r in rows:
+        # float32 against float64 over 2 layers of 16-term sums: ~1e-7; a wrong network is O(1).
+        assert r.rel_err < 1e-5, r
+        assert r.share is None  # no matmul peak is claimed without a GPU
+    table = bench_tied.table(rows)
+    assert table.row_count == 4
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the no-GPU refusal")
+def test_cli_refuses_without_gpu():
+    result = CliRunner().invoke(cli, ["bench", "--tied", "--dtype", "bfloat16"])
+    assert result.exit_code == 2
+    assert "needs a CUDA device" in result.output
