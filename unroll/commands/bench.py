@@ -20,12 +20,29 @@ import click
     "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
     help="Also write the report (markdown) to this file, e.g. docs/benchmarks.md.",
 )  # fmt: skip
-def command(schemes: tuple[str, ...], sizes: str, dtype: str, output: Path | None) -> None:
+@click.option(
+    "--tied", is_flag=True,
+    help="Benchmark whole weight-tied networks instead (unroll.bench_tied: eager, torch.compile, "
+    "max-autotune and the one-kernel network; default scheme hb_net).",
+)  # fmt: skip
+def command(
+    schemes: tuple[str, ...], sizes: str, dtype: str, output: Path | None, tied: bool
+) -> None:
     """Benchmark the block update of SCHEMES (bundled names; default heavy_ball, lm_resnet,
     hb_net) on the CUDA device: median times, GB/s and share of the copy-bandwidth floor."""
     from ..bench import run
     from ..errors import UnrollError
     from ..library import schemes as bundled
+
+    if tied:
+        import torch
+
+        from ..bench_tied import main as bench_tied
+
+        if not torch.cuda.is_available():
+            raise UnrollError("unroll bench --tied needs a CUDA device")
+        bench_tied(list(schemes) or ["hb_net"], dtype)
+        return
 
     try:
         exponents = [int(s) for s in sizes.split(",") if s.strip()]
