@@ -133,7 +133,20 @@ def _markdown(rows: list[Row], argv: list[str], where: str) -> str:
             f"| {r.method} | {r.round} | {r.params} | {r.splits} | {r.predicted_change:.2e} "
             f"| {r.train_loss:.4f} | {r.val_accuracy:.4f} |"
         )
-    lines += ["", "![accuracy against parameters](grow.png)", ""]
+    lines += [
+        "",
+        "![accuracy against parameters](grow.png)",
+        "",
+        "The same from Python, for any model whose growable layers `unroll.grow.find_sites`",
+        "finds (Linear or Conv2d → smooth activation → Linear or Conv2d in an `nn.Sequential`):",
+        "",
+        "```python",
+        'grown, report = unroll.grow(model, (x, y), F.cross_entropy, method="signed", eps=0.01)',
+        "print(report.table())   # which neurons split, λ_min, λ_max, predicted loss change",
+        "opt = torch.optim.Adam(grown.parameters())   # new Parameters: a new optimiser",
+        "```",
+        "",
+    ]
     return "\n".join(lines)
 
 

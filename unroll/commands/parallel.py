@@ -165,6 +165,12 @@ def _markdown(runs: list[Run], argv: list[str], where: str, order: int) -> str:
         "For comparison, Bermeitinger, Hrycej and Handschuh (arXiv 2309.08414) report close",
         "validation losses for the two layouts over 6,912 configurations on MNIST and CIFAR-10.",
         "",
+        "The same from Python, for an `nn.Sequential` of blocks exposing `.f` or `.branch`:",
+        "",
+        "```python",
+        "wide = unroll.parallelize(blocks, order=1, share=False)  # y = x + Σ_k f_k(x)",
+        "```",
+        "",
     ]
     return "\n".join(lines)
 
@@ -196,7 +202,7 @@ def _depths(ctx, param, value: str) -> list[int]:
 @click.option("--hidden", default=32, show_default=True, help="Hidden width of each branch.")
 @click.option("--epochs", default=30, show_default=True)
 @click.option("--seeds", default=3, show_default=True, help="Initialisations per depth.")
-@click.option("--lr", default=1e-2, show_default=True, help="Adam learning rate.")
+@click.option("--lr", default=3e-3, show_default=True, help="Adam learning rate.")
 @click.option("--order", default=1, show_default=True, type=click.IntRange(1, 2),
               help="Where the expansion is cut.")  # fmt: skip
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
