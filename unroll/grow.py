@@ -122,8 +122,8 @@ def find_sites(model: nn.Module) -> list[Site]:
     block), a ``Linear`` or ``Conv2d`` (groups 1, zero padding) directly followed by one of
     `SMOOTH_ACTIVATIONS`, then optionally by channel-wise modules (dropout, pooling; for a
     convolution also one ``Flatten``), then by the ``Linear`` / ``Conv2d`` that reads its
-    output. A layer or consumer that occurs in more than one site (shared modules) is
-    skipped: growing it would change two places at once.
+    output. A layer or consumer registered in more than one place of the model (a shared
+    module) is skipped: growing it would change both places at once.
     """
     sites = []
     for parent_name, seq in model.named_modules():
@@ -138,7 +138,9 @@ def find_sites(model: nn.Module) -> list[Site]:
             flatten = False
             for j in range(i + 2, len(layers)):
                 nxt = layers[j]
-                if isinstance(nxt, _CHANNELWISE) and (conv or isinstance(nxt, nn.Dropout)):
+                if isinstance(nxt, _CHANNELWISE) and (
+                    conv or isinstance(nxt, nn.Dropout | nn.Identity)
+                ):
                     continue
                 if conv and not flatten and isinstance(nxt, nn.Flatten):
                     if nxt.start_dim != 1:
@@ -254,7 +256,7 @@ def _probed(model: nn.Module, sites: list[Site], extra: Extra):
             prod, act, _ = s.modules(model)
             handles.append(prod.register_forward_hook(capture(s)))
             handles.append(act.register_forward_hook(inject(s)))
-        yield seen
+        yield
     finally:
         for h in handles:
             h.remove()
