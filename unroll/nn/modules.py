@@ -409,6 +409,9 @@ class Network(nn.Module):
             raise UnrollError(f"depth must be a positive int, not {depth!r}")
         self.scheme, self.depth, self.options = scheme, depth, opts
         self.form = layer_form(scheme)
+        # Why the last forward ran layer by layer instead of the one-kernel tied network
+        # (`unroll.codegen.tied`); None when the kernel ran (or before the first forward).
+        self.fallback_reason: str | None = None
         program, boot, self.boot_steps = _programs(self.form, depth)
         count = 1 if opts.tied else depth
         self.blocks = nn.ModuleList(_block(program, boot, opts, self.form) for _ in range(count))
@@ -443,6 +446,11 @@ class Network(nn.Module):
     ) -> Any:
         """The final state (x0's shape; a mapping when x0 is one), or a `Trace` with the
         per-layer states and F when asked for."""
+        from ..codegen.tied import network_forward
+
+        out = network_forward(self, x0, trace=return_states or return_objective)
+        if out is not None:
+            return out
         current, single = initial_states(self.form, x0)
         history = {k: [v] * max(self.form.states[k].depth, 1) for k, v in current.items()}
         path = [dict(current)] if (return_states or return_objective) else None
