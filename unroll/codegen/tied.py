@@ -631,3 +631,65 @@ def fused_layer(
     outs = _LAYER_FUNCTION.apply(plan, len(history), *history, W, *qs, *chs)
     new = dict(zip(step.states, outs, strict=True))
     return new[single] if single else new
+
+
+# -- the hook in `unroll.nn.Network` ----------------------------------------------------------
+def network_reason(net: Any, x0: Any) -> str | None:
+    """None when ``net`` (an `unroll.nn.Network`) can run ``x0`` through `tied_network`, else
+    why not: the kernel runs tied, dense networks on CUDA (backend "auto" or "triton"), and
+    under TRITON_INTERPRET=1 on the CPU only when backend="triton" is asked for."""
+    import torch
+
+    opts = net.options
+    if not opts.tied:
+        return "the layers do not share their weights (tied=False)"
+    if opts.dim is None:
+        return "W is not a dense matrix (pass dim=; convolutional W runs per layer)"
+    if opts.backend == "torch":
+        return "backend='torch' was asked for"
+    if opts.survival is not None:
+        return "stochastic depth (survival=) scales branches per layer"
+    if opts.activation is not None and not isinstance(opts.activation, str):
+        return "the activation is a callable; the kernel needs a registered activation by name"
+    ref = next(iter(x0.values())) if isinstance(x0, Mapping) else x0
+    if isinstance(ref, torch.Tensor) and ref.device.type == "cpu" and opts.backend != "triton":
+        return (
+            "the tensors are on the CPU (the interpreter runs the kernel only for backend='triton')"
+        )
+    block = net.blocks[0]
+    try:
+        step = lower(net.scheme, opts.activation)
+    except UnrollError as e:
+        return str(e)
+    per_channel = [p for p in step.scalars if block.coefficients.values()[p].dim() > 0]
+    if per_channel:
+        return f"{per_channel[0]} is per channel; the kernel reads it as one number"
+    return fallback_reason(net.scheme, x0, _weight(net), opts.activation)
+
+
+def _weight(net: Any) -> Any:
+    names = [
+        fn.func.__name__
+        for eq in lower(net.scheme, net.options.activation).scheme.equations
+        for fn in ir.applications(eq.rhs)
+        if ir.operator_kind(fn) == "linear"
+    ]
+    return net.blocks[0].operators[names[0]].weight
+
+
+def network_forward(net: Any, x0: Any, trace: bool = False) -> Any:
+    """``net(x0)`` through `tied_network` when `network_reason` allows it, else None; sets
+    ``net.fallback_reason`` (None when the kernel ran). ``trace``: the caller wants every
+    layer's state, which the kernel keeps on chip."""
+    reason = (
+        "return_states/return_objective need every layer's state"
+        if trace
+        else network_reason(net, x0)
+    )
+    net.fallback_reason = reason
+    if reason is not None:
+        return None
+    coefficients = net.blocks[0].coefficients.values()
+    return tied_network(
+        net.scheme, x0, _weight(net), net.depth, activation=net.options.activation, **coefficients
+    )
