@@ -46,6 +46,13 @@ def _text(e: Any) -> str:
     return str(e)
 
 
+def _objective_text(obj: Any) -> str:
+    g, domain = getattr(obj, "g", None), getattr(obj, "domain", None)
+    if g is None:
+        return " ".join(str(obj).split())
+    return f"F(x) = ½ xᵀ(I − W)x − bᵀx + Σᵢ g(xᵢ), g(t) = {_text(g)} on {_text(domain)}"
+
+
 def facts(scheme, activation: str | None = None, mu: float = MU, L: float = L) -> dict:
     """What unroll knows of ``scheme``, as JSON-ready data: each analysis's value (None where it
     does not apply) and, in ``notes``, why an analysis is absent."""
@@ -96,7 +103,7 @@ def facts(scheme, activation: str | None = None, mu: float = MU, L: float = L) -
         notes["objective"] = "not available: unroll.objective is not installed"
     else:
         obj, err = _try(objective, act)
-        out["objective"] = _text(obj) if obj is not None else None
+        out["objective"] = None if obj is None else _objective_text(obj)
         if err:
             notes["objective"] = err
 

@@ -159,6 +159,16 @@ class StabilityRegion:
         ax.contour(self.x, self.y, self.modulus, levels=[1.0], colors=["#08519c"], linewidths=1)
         ax.axhline(0, color="0.5", lw=0.5)
         ax.axvline(0, color="0.5", lw=0.5)
+        if not self.stable.any():  # leapfrog: stable on a segment of the imaginary axis only
+            ax.text(
+                0.5,
+                0.9,
+                "no stable z with an interior\nin this grid",
+                ha="center",
+                va="top",
+                transform=ax.transAxes,
+                fontsize=8,
+            )
         ax.set_aspect("equal")
         ax.set_xlabel("Re z")
         ax.set_ylabel("Im z")

@@ -1,0 +1,71 @@
+"""`unroll inspect`: one report per scheme, JSON with the same facts, one-line errors (exit 2)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from unroll.cli import cli
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, ["inspect", *args])
+
+
+def test_ode_report_names_every_analysis():
+    r = invoke("lm_resnet")
+    assert r.exit_code == 0, r.output
+    for label in (
+        "kind: ode",
+        "identified architecture:",
+        "order: 0",
+        "zero-stable: yes at κ = -0.05",
+        "stability: π(ζ, z)",
+        "modified equation:",
+    ):
+        assert label in r.output, label
+
+
+def test_json_carries_the_same_facts():
+    r = invoke("heavy_ball", "--json")
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.output)
+    assert data["kind"] == "optimizer"
+    assert set(data["tuned"]) == {"α", "β"}
+    assert data["tuned_rate"] == pytest.approx(9 / 11)  # (√100 − 1)/(√100 + 1), BACKGROUND 4
+    assert data["order"] is None and "not applicable" in data["notes"]["order"]
+
+
+def test_schedule_is_explained_not_crashed():
+    r = invoke("nesterov_schedule")
+    assert r.exit_code == 0, r.output
+    assert "schedule" in r.output
+
+
+def test_scheme_text_file_and_plot(tmp_path):
+    plot = tmp_path / "r.png"
+    r = invoke("x_<k+1> = x_k + h f(x_<k+1>)", "--plot", str(plot))
+    assert r.exit_code == 0, r.output
+    assert "order: 1" in r.output and plot.read_bytes()[:4] == b"\x89PNG"
+    path = tmp_path / "euler.yaml"
+    path.write_text("name: euler\nequations: x_<k+1> = x_k + h f(t, x_k)\n", encoding="utf-8")
+    r = invoke(str(path))
+    assert r.exit_code == 0 and "order: 1" in r.output
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["no_such_scheme"], "no_such_scheme"),
+        (["missing.yaml"], "missing.yaml"),
+        (["heavy_ball", "--activation", "nope"], "nope"),
+        (["heavy_ball", "--plot", "x.png"], "ODE schemes"),
+        (["heavy_ball", "--mu", "5", "--L", "1"], "mu"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args, words):
+    r = invoke(*args)
+    assert r.exit_code == 2
+    assert words in r.output and r.output.count("\n") == 1
