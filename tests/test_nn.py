@@ -12,7 +12,6 @@ from torch.func import functional_call
 import unroll
 from unroll.nn import layer_form, lower
 
-torch.set_default_dtype(torch.float32)
 
 
 def mlp(width: int = 4) -> nn.Module:
@@ -319,8 +318,8 @@ def test_symmetric_convolution_is_self_adjoint():
 
 def test_bfloat16_forward_runs():
     torch.manual_seed(0)
-    net = unroll.schemes["hb_net"].network(3, dim=8, tied=True)
-    x0 = torch.randn(4, 8)
+    net = unroll.schemes["hb_net"].network(3, dim=8, tied=True).float()
+    x0 = torch.randn(4, 8, dtype=torch.float32)
     want = net(x0)
     got = net.to(torch.bfloat16)(x0.to(torch.bfloat16))
     assert got.dtype == torch.bfloat16 and bool(torch.isfinite(got).all())

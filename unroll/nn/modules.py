@@ -472,14 +472,14 @@ class Network(nn.Module):
         return Trace(out, states, objective)
 
     def _objective(self, stacked: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        name = self.options.activation or self.scheme.activation
-        if not isinstance(name, str):
-            raise UnrollError("return_objective needs the activation by name (activation='relu')")
         if not _objective_backed(self.scheme):
             raise UnrollError(
                 f"scheme {self.scheme.name or str(self.scheme)!r} is not the layer of an objective "
                 "(an optimizer scheme, or a feedforward/HB-Net/AGD-Net layer)"
             )
+        name = self.options.activation or self.scheme.activation
+        if not isinstance(name, str):
+            raise UnrollError("return_objective needs the activation by name (activation='relu')")
         if not self.options.tied or self.options.dim is None:
             raise UnrollError(
                 "return_objective needs tied=True and a dense W (dim=): F has one W and b"
