@@ -12,9 +12,10 @@ or convolutional module, ``f`` as the user's branch module), then ONE call to
   channel ``(n,)`` / ``(C, 1, 1)``;
 
 and it returns ``{state: new value}``. `Program.updates` is the SymPy it computes. This call is
-the hook for fused kernels: a ``backend="triton"`` block hands the same arguments to a kernel;
-``"torch"`` (and ``"auto"`` for now) evaluates it with `unroll.evaluate.compile_expr`, the one
-eager lowering `Scheme.run` uses too.
+the hook for fused kernels: with ``backend="triton"`` or ``"auto"`` the block hands the same
+arguments to `unroll.codegen.op.network_update` (a generated Triton kernel; None where it has
+none, e.g. for CPU tensors under "auto"); ``"torch"``, and every case the kernel declines,
+evaluates it with `unroll.evaluate.compile_expr`, the one eager lowering `Scheme.run` uses too.
 """
 
 from __future__ import annotations
