@@ -33,7 +33,7 @@ def dw_partial(
     split = tl.program_id(2)
     acc = tl.zeros((BLOCK_O, BLOCK_I), COMPUTE)
     for r0 in range(0, ROWS_PER_SPLIT, BLOCK_R):
-        r = split * ROWS_PER_SPLIT + r0 + tl.arange(0, BLOCK_R)
+        r = split.to(tl.int64) * ROWS_PER_SPLIT + r0 + tl.arange(0, BLOCK_R)  # 64-bit rows
         dz = tl.load(
             DZ + r[:, None] * N + o[None, :], mask=(r[:, None] < R) & (o[None, :] < N), other=0.0
         )
@@ -42,7 +42,7 @@ def dw_partial(
         )
         acc = tl.dot(tl.trans(dz), p, acc, input_precision=PREC)
     tl.store(
-        PART + (split * N + o[:, None]) * N + i[None, :],
+        PART + (split.to(tl.int64) * N + o[:, None]) * N + i[None, :],
         acc,
         mask=(o[:, None] < N) & (i[None, :] < N),
     )

@@ -96,12 +96,13 @@ def _param_args(step: TiedStep) -> tuple[list[str], list[str]]:
 
 
 _PREAMBLE = """\
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    # 64-bit offsets: depth·B·n may pass 2^31 elements.
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_N)
     mask = (rows[:, None] < M) & (cols[None, :] < N)
     wmask = (cols[:, None] < N) & (cols[None, :] < N)
     off = rows[:, None] * N + cols[None, :]  # into the contiguous (B, n) buffers
-    layer = M * N  # elements per layer in the (depth, B, n) buffers
+    layer = tl.cast(M, tl.int64) * N  # elements per layer in the (depth, B, n) buffers
 """
 
 _CONSTEXPRS = """\
@@ -341,7 +342,7 @@ def _layer(pr: TritonPrinter, step: TiedStep) -> str:
         + "    BLOCK_K: tl.constexpr,  # input columns per step of the reduction\n"
         + "    PREC: tl.constexpr,  # tl.dot input precision\n"
         + "    COMPUTE: tl.constexpr,  # tl.float32, or tl.float64 for float64 inputs\n):\n"
-        + "    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)\n"
+        + "    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)\n"
         + "    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)\n"
         + "    mask = (rows[:, None] < M) & (cols[None, :] < N)\n"
         + _indent(body, 4)
