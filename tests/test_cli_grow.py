@@ -8,6 +8,7 @@ from click.testing import CliRunner
 
 pytest.importorskip("sklearn")
 
+from unroll import digits  # noqa: E402
 from unroll.cli import cli  # noqa: E402
 from unroll.commands.grow import METHODS, experiment  # noqa: E402
 
@@ -15,17 +16,19 @@ TINY = ["--rounds", "1", "--epochs", "2", "--width", "4"]
 
 
 def test_experiment_grows_each_method_and_not_the_control():
+    width = 4
     rows = experiment(
-        rounds=2, epochs=1, width=4, depth=1, fraction=0.5, eps=0.01, lr=1e-2, seed=0, exact=True
-    )
+        lambda: digits.scheme_net("forward_euler", depth=2, width=width, hidden=2),
+        rounds=2, epochs=1, fraction=0.5, eps=0.01, lr=1e-2, seed=0, exact=True,
+    )  # fmt: skip
     assert [(r.method, r.round) for r in rows] == [(m, k) for m in METHODS for k in range(3)]
     start = rows[0]
     assert all(r.params == start.params for r in rows if r.round == 0 or r.method == "none")
     for method in ("positive", "signed"):
         mine = [r for r in rows if r.method == method]
-        # 64 inputs + bias and 10 output weights per new neuron
+        # a new hidden unit of a branch: W inputs + bias in, W outputs
         assert [r.params - start.params for r in mine] == [
-            75 * sum(r.splits for r in mine[: k + 1]) for k in range(3)
+            (2 * width + 1) * sum(r.splits for r in mine[: k + 1]) for k in range(3)
         ]
         assert all(r.splits > 0 and r.predicted_change < 0 for r in mine[1:])
         assert all(0 <= r.val_accuracy <= 1 for r in mine)
@@ -41,7 +44,7 @@ def test_cli_prints_the_table_and_writes_the_plot(tmp_path):
     png, md = tmp_path / "grow.png", tmp_path / "grow.md"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = md.read_text()
-    assert "unroll grow --rounds 1 --epochs 2 --width 4" in text
+    assert "unroll grow --rounds 1 --epochs 2 --scheme forward_euler --depth 2 --width 4" in text
     assert text.count("| signed |") == 2
 
 
@@ -52,7 +55,12 @@ def test_cli_matrix_free_runs():
 
 @pytest.mark.parametrize(
     "args, word",
-    [(["--fraction", "0"], "fraction"), (["--epochs", "0"], "--epochs"), (["--eps", "-1"], "eps")],
+    [
+        (["--fraction", "0"], "fraction"),
+        (["--epochs", "0"], "--epochs"),
+        (["--eps", "-1"], "eps"),
+        (["--scheme", "nosuch"], "'nosuch'"),
+    ],
 )
 def test_cli_bad_settings_are_one_line(args, word):
     result = CliRunner().invoke(cli, ["grow", "--rounds", "1", "--epochs", "1", *args])

@@ -26,7 +26,7 @@ __all__ = [
     "evaluate",
     "load",
     "machine",
-    "mlp",
+    "scheme_net",
     "one_thread",
     "residual_net",
     "train",
@@ -67,19 +67,20 @@ def load(seed: int = 0, val_fraction: float = 0.25) -> Digits:
     return Digits(x[tr] - mean, y[tr], x[val] - mean, y[val])
 
 
-def mlp(width: int, depth: int = 1, seed: int = 0) -> nn.Sequential:
-    """64 → width → … → 10 with ``depth`` tanh hidden layers: the network `grow` widens.
+def scheme_net(scheme: str, depth: int, width: int, hidden: int, seed: int = 0) -> nn.Sequential:
+    """64 → width, ``depth`` steps of the ODE ``scheme`` (a bundled name, e.g. "forward_euler":
+    the ResNet block x + h f(x)) with branch f = Linear(width, hidden) → tanh → Linear(hidden,
+    width), one per block, then width → 10: the network `grow` widens (the ``hidden`` units)."""
+    import unroll
 
-    TODO(scheme): build this from a scheme (``unroll.compile(...).network(depth, dim=...)``)
-    once scheme networks expose Linear → activation → Linear in an ``nn.Sequential``.
-    """
+    spec = unroll.schemes[scheme]  # an UnrollError naming the scheme if there is none
     torch.manual_seed(seed)
-    layers: list[nn.Module] = []
-    fan_in = FEATURES
-    for _ in range(depth):
-        layers += [nn.Linear(fan_in, width), nn.Tanh()]
-        fan_in = width
-    return nn.Sequential(*layers, nn.Linear(fan_in, CLASSES))
+
+    def branch() -> nn.Module:
+        return nn.Sequential(nn.Linear(width, hidden), nn.Tanh(), nn.Linear(hidden, width))
+
+    net = spec.network(depth, dim=width, f=branch, backend="torch")
+    return nn.Sequential(nn.Linear(FEATURES, width), net, nn.Linear(width, CLASSES))
 
 
 def residual_net(blocks: int, width: int, hidden: int, seed: int = 0) -> nn.Sequential:

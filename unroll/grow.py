@@ -571,18 +571,19 @@ class GrowthReport:
 
     def table(self) -> str:
         """A plain-text table of the splits, one per line."""
+        n = max([5, *(len(s.layer) for s in self.splits)])
         lines = [
             f"{self.method} splitting, eps={self.eps:g}"
             + (f", c={self.c:g}" if self.method == "signed" else "")
             + f": {len(self.splits)} splits, params {self.params_before} -> {self.params_after}, "
             f"predicted loss change {self.predicted_change:.3e}",
-            f"{'layer':>12} {'neuron':>6} {'kind':>8} {'lambda_min':>11} {'lambda_max':>11} "
+            f"{'layer':>{n}} {'neuron':>6} {'kind':>8} {'lambda_min':>11} {'lambda_max':>11} "
             f"{'weights':>14} {'change':>11}",
         ]
         for s in self.splits:
             w = f"({s.weights[0]:g}, {s.weights[1]:g})"
             lines.append(
-                f"{s.layer:>12} {s.neuron:>6} {s.kind:>8} {s.lambda_min:>11.3e} "
+                f"{s.layer:>{n}} {s.neuron:>6} {s.kind:>8} {s.lambda_min:>11.3e} "
                 f"{s.lambda_max:>11.3e} {w:>14} {s.predicted_change:>11.3e}"
             )
         return "\n".join(lines)

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import copy
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import click
 import torch.nn.functional as F
+from torch import nn
 
 from .. import digits
 
@@ -33,11 +35,10 @@ class Row:
 
 
 def experiment(
+    build: Callable[[], nn.Module],
     *,
     rounds: int,
     epochs: int,
-    width: int,
-    depth: int,
     fraction: float,
     eps: float,
     lr: float,
@@ -45,38 +46,37 @@ def experiment(
     exact: bool,
     progress=None,
 ) -> list[Row]:
-    """The rows of the table: one per method and round (round 0 is the shared start)."""
+    """The rows of the table: one per method and round (round 0 is the shared start).
+
+    ``build()`` makes the starting network (before training); all methods share it.
+    """
     from ..grow import grow
 
     with digits.one_thread():
-        return _rounds(grow, rounds, epochs, width, depth, fraction, eps, lr, seed, exact, progress)
+        data = digits.load(seed)
+        advance = (lambda _epoch: progress.advance(progress.task_ids[0])) if progress else None
+        base = build()
+        digits.train(base, data, epochs=epochs, lr=lr, seed=seed, after_epoch=advance)
 
+        def row(method, r, model, splits=0, change=0.0):
+            loss, _ = digits.evaluate(model, *data.train)
+            _, acc = digits.evaluate(model, data.x_val, data.y_val)
+            return Row(method, r, digits.count(model), splits, change, loss, acc)
 
-def _rounds(grow, rounds, epochs, width, depth, fraction, eps, lr, seed, exact, progress):
-    data = digits.load(seed)
-    advance = (lambda _epoch: progress.advance(progress.task_ids[0])) if progress else None
-    base = digits.mlp(width, depth, seed)  # the one model-building call
-    digits.train(base, data, epochs=epochs, lr=lr, seed=seed, after_epoch=advance)
-
-    def row(method, r, model, splits=0, change=0.0):
-        loss, _ = digits.evaluate(model, *data.train)
-        _, acc = digits.evaluate(model, data.x_val, data.y_val)
-        return Row(method, r, digits.count(model), splits, change, loss, acc)
-
-    rows = []
-    for method in METHODS:
-        model = copy.deepcopy(base)
-        rows.append(row(method, 0, model))
-        for r in range(1, rounds + 1):
-            splits, change = 0, 0.0
-            if method != "none":
-                model, report = grow(
-                    model, data.train, F.cross_entropy,
-                    method=method, fraction=fraction, eps=eps, exact=exact,
-                )  # fmt: skip
-                splits, change = len(report.splits), report.predicted_change
-            digits.train(model, data, epochs=epochs, lr=lr, seed=seed + r, after_epoch=advance)
-            rows.append(row(method, r, model, splits, change))
+        rows = []
+        for method in METHODS:
+            model = copy.deepcopy(base)
+            rows.append(row(method, 0, model))
+            for r in range(1, rounds + 1):
+                splits, change = 0, 0.0
+                if method != "none":
+                    model, report = grow(
+                        model, data.train, F.cross_entropy,
+                        method=method, fraction=fraction, eps=eps, exact=exact,
+                    )  # fmt: skip
+                    splits, change = len(report.splits), report.predicted_change
+                digits.train(model, data, epochs=epochs, lr=lr, seed=seed + r, after_epoch=advance)
+                rows.append(row(method, r, model, splits, change))
     return rows
 
 
@@ -113,17 +113,28 @@ def _argv() -> list[str]:
     return args
 
 
-def _markdown(rows: list[Row], argv: list[str], where: str) -> str:
+def _markdown(rows: list[Row], argv: list[str], where: str, scheme: str) -> str:
     lines = [
         "# Growing width by splitting (`unroll grow`)",
         "",
-        "A tanh MLP is trained on scikit-learn's digits, then each method runs rounds of",
-        "(split, retrain); `none` retrains without splitting (the control for the extra",
-        "training). `positive` is S2D (two copies, weights ½, ½, offsets ±ε v_min, neurons with",
+        "The network is built from a scheme: 64 → W, `depth` steps of the bundled ODE scheme",
+        f"`{scheme}` (forward_euler is the ResNet block x + h f(x)) with a branch f = Linear(W, H) → tanh →",
+        "Linear(H, W) per block, W → 10 (`unroll.digits.scheme_net`); the hidden units H of",
+        "every f are what grows. It is trained on scikit-learn's digits, then each method runs",
+        "rounds of (split, retrain); `none` retrains without splitting (the control for the",
+        "extra training). `positive` is S2D (two copies, weights ½, ½, offsets ±ε v_min, neurons with",
         "λ_min < 0); `signed` may also use one negative weight (copies (2, −1), along v_max).",
         "`predicted` is the second-order loss change (ε²/2) Σ w_i δ_iᵀ S δ_i of the splits.",
         "",
         f"Generated by `{shlex.join(['unroll', 'grow', *argv])}` on {where} (torch on one thread).",
+        "",
+        "Final validation accuracy: "
+        + "; ".join(
+            f"{r.method} {r.val_accuracy:.4f} with {r.params} parameters"
+            for r in rows
+            if r.round == max(q.round for q in rows)
+        )
+        + " (one seed, so differences of a few validation images are noise).",
         "",
         "| method | round | params | splits | predicted | train loss | val accuracy |",
         "|---|---:|---:|---:|---:|---:|---:|",
@@ -153,8 +164,11 @@ def _markdown(rows: list[Row], argv: list[str], where: str) -> str:
 @click.command("grow")
 @click.option("--rounds", default=4, show_default=True, help="Split-and-retrain rounds.")
 @click.option("--epochs", default=15, show_default=True, help="Epochs before and after each split.")
-@click.option("--width", default=4, show_default=True, help="Initial hidden width.")
-@click.option("--depth", default=1, show_default=True, help="Hidden layers.")
+@click.option("--scheme", default="forward_euler", show_default=True,
+              help="Bundled ODE scheme whose network (with a tanh branch f) is grown.")  # fmt: skip
+@click.option("--depth", default=2, show_default=True, help="Steps (blocks) of the scheme.")
+@click.option("--width", default=6, show_default=True, help="Width of the state x.")
+@click.option("--hidden", default=2, show_default=True, help="Initial hidden width of each f.")
 @click.option("--fraction", default=0.5, show_default=True, help="Share of neurons that may split.")
 @click.option("--eps", default=0.01, show_default=True, help="Offset size ε.")
 @click.option("--lr", default=1e-2, show_default=True, help="Adam learning rate.")
@@ -167,7 +181,9 @@ def _markdown(rows: list[Row], argv: list[str], where: str) -> str:
     "--out", type=click.Path(file_okay=False, path_type=Path), default=None,
     help="Write grow.png and grow.md into this folder.",
 )  # fmt: skip
-def command(rounds, epochs, width, depth, fraction, eps, lr, seed, exact, out) -> None:
+def command(
+    rounds, epochs, scheme, depth, width, hidden, fraction, eps, lr, seed, exact, out
+) -> None:
     """Train a small network on the digits and grow it by splitting (S2D and signed)."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
@@ -177,7 +193,8 @@ def command(rounds, epochs, width, depth, fraction, eps, lr, seed, exact, out) -
     from ..grow import check_options
 
     check_options(fraction=fraction, eps=eps)
-    for name, value in (("rounds", rounds), ("epochs", epochs), ("width", width), ("depth", depth)):
+    sizes = {"rounds": rounds, "epochs": epochs, "depth": depth, "width": width, "hidden": hidden}
+    for name, value in sizes.items():
         if value < (0 if name == "rounds" else 1):
             raise UnrollError(f"--{name} must be positive, got {value}")
     if not lr > 0:
@@ -191,8 +208,9 @@ def command(rounds, epochs, width, depth, fraction, eps, lr, seed, exact, out) -
     ) as progress:  # fmt: skip
         progress.add_task("training epochs", total=total)
         rows = experiment(
-            rounds=rounds, epochs=epochs, width=width, depth=depth, fraction=fraction,
-            eps=eps, lr=lr, seed=seed, exact=exact, progress=progress,
+            lambda: digits.scheme_net(scheme, depth, width, hidden, seed),  # the model
+            rounds=rounds, epochs=epochs, fraction=fraction, eps=eps, lr=lr, seed=seed,
+            exact=exact, progress=progress,
         )  # fmt: skip
         where = digits.machine()
 
@@ -208,5 +226,5 @@ def command(rounds, epochs, width, depth, fraction, eps, lr, seed, exact, out) -
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         _plot(rows, out / "grow.png")
-        (out / "grow.md").write_text(_markdown(rows, _argv(), where))
+        (out / "grow.md").write_text(_markdown(rows, _argv(), where, scheme))
         click.echo(f"wrote {out / 'grow.png'} and {out / 'grow.md'}")
