@@ -303,3 +303,27 @@ def test_unroll_grow_is_callable_after_importing_the_module():
     model = _mlp()
     grown, report = module(model, _data(model), loss_fn, fraction=0.1)
     assert len(report.splits) == 1
+
+
+@pytest.mark.parametrize("scheme", ["forward_euler", "midpoint"])
+def test_scheme_network_branches_grow(scheme):
+    """Branches of a scheme-built network: midpoint calls each f twice per step, so S sums
+    both calls; the prediction must still hold to second order."""
+    torch.manual_seed(0)
+    net = unroll.schemes[scheme].network(
+        2, dim=4, f=lambda: nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 4)),
+        backend="torch",
+    )  # fmt: skip
+    model = nn.Sequential(nn.Linear(5, 4), net, nn.Linear(4, 3)).to(DT)
+    data = _data(model)
+    assert len(find_sites(model)) == 2
+    same, _ = unroll.grow(model, data, loss_fn, eps=0.0, fraction=1.0)
+    with torch.no_grad():
+        torch.testing.assert_close(same(data[0]), model(data[0]), rtol=0, atol=1e-12)
+    base = _loss(model, data)
+    errors = []
+    for eps in (1e-2, 1e-3):
+        grown, report = unroll.grow(model, data, loss_fn, eps=eps, fraction=0.5)
+        errors.append(abs((_loss(grown, data) - base) / report.predicted_change - 1))
+        assert errors[-1] < 0.5 * eps
+    assert errors[1] < 0.2 * errors[0]
