@@ -81,6 +81,28 @@ def dilog(z):
 class _Printer(TorchPrinter):
     """SymPy's torch printer plus the functions unroll's expressions need."""
 
+    # Reciprocal functions torch lacks (SymPy's antiderivatives produce them).
+    def _reciprocal(self, expr, of: str):
+        return f"(1 / {self._module_format('torch.' + of)}({self._print(expr.args[0])}))"
+
+    def _print_coth(self, expr):
+        return self._reciprocal(expr, "tanh")
+
+    def _print_sech(self, expr):
+        return self._reciprocal(expr, "cosh")
+
+    def _print_csch(self, expr):
+        return self._reciprocal(expr, "sinh")
+
+    def _print_cot(self, expr):
+        return self._reciprocal(expr, "tan")
+
+    def _print_sec(self, expr):
+        return self._reciprocal(expr, "cos")
+
+    def _print_csc(self, expr):
+        return self._reciprocal(expr, "sin")
+
     def _print_polylog(self, expr):
         order, arg = expr.args
         if order != 2:
