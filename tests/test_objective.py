@@ -28,11 +28,13 @@ objective_module = importlib.import_module("unroll.objective")
 y = sp.Symbol("y", real=True)
 SOFT_THRESHOLD = sp.Lambda(y, sp.Piecewise((y + 1, y < -1), (0, y <= 1), (y - 1, True)))
 HALF_TANH = sp.Lambda(y, sp.tanh(y) / 2)
+HALF_ERF = sp.Lambda(y, sp.erf(y) / 2)  # slope ≤ 1/√π; g needs erfinv
 
 # Every activation with an objective: the bundled ones, families at a few parameters, Lambdas.
 SUPPORTED = [
     "identity", "relu", "leaky_relu", "leaky_relu(0.1)", "leaky_relu(0.5)", "sigmoid", "tanh",
     "softplus", "hardtanh", "elu", "elu(0.5)", "atan", "softsign", SOFT_THRESHOLD, HALF_TANH,
+    HALF_ERF,
 ]  # fmt: skip
 IDS = [s if isinstance(s, str) else str(s.expr) for s in SUPPORTED]
 
@@ -353,6 +355,19 @@ def test_refusal_scaled_tanh_proposes_tanh():
 def test_refusal_discontinuous():
     with pytest.raises(UnrollError, match="not continuous .*jumps from 0 to 1 at v = 0"):
         objective(sp.Lambda(y, sp.Piecewise((y, y < 0), (y + 1, True))))
+
+
+def test_refusal_unbounded_slope_proposes_no_scaling():
+    with pytest.raises(UnrollError, match="slope above 1") as e:
+        objective(sp.Lambda(y, y**3))
+    assert "unbounded" in str(e.value) and "Scale it" not in str(e.value)
+
+
+def test_what_sympy_cannot_invert_is_said_plainly():
+    """φ(v) = (v + sin v)/2 is a proximal map (0 ≤ φ′ ≤ 1) without a closed-form inverse."""
+    assert all(c.holds for c in check_activation(sp.Lambda(y, (y + sp.sin(y)) / 2))[:3])
+    with pytest.raises(UnrollError, match="could not invert"):
+        objective(sp.Lambda(y, (y + sp.sin(y)) / 2))
 
 
 def test_check_activation_reports_without_raising():

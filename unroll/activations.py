@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 import sympy as sp
+from sympy.printing.codeprinter import PrintMethodNotImplementedError
 from sympy.printing.pytorch import TorchPrinter
 
 from .errors import UnrollError
@@ -103,6 +104,12 @@ class _Printer(TorchPrinter):
     def _print_csc(self, expr):
         return self._reciprocal(expr, "sin")
 
+    def _print_erfinv(self, expr):
+        return f"{self._module_format('torch.erfinv')}({self._print(expr.args[0])})"
+
+    def _print_erfc(self, expr):
+        return f"{self._module_format('torch.erfc')}({self._print(expr.args[0])})"
+
     def _print_polylog(self, expr):
         order, arg = expr.args
         if order != 2:
@@ -132,7 +139,13 @@ def lambdify_torch(expr: sp.Expr, symbol: sp.Symbol) -> Callable:
     import torch
 
     expr = _floats(expr.rewrite(sp.Piecewise))
-    fn = sp.lambdify(symbol, expr, modules=[{"_unroll_dilog": dilog}, "torch"], printer=_Printer)
+    try:
+        fn = sp.lambdify(
+            symbol, expr, modules=[{"_unroll_dilog": dilog}, "torch"], printer=_Printer
+        )
+    except PrintMethodNotImplementedError as e:
+        what = str(e).splitlines()[0].rsplit(" ", 1)[-1]
+        raise UnrollError(f"no torch evaluation for {what} (in {expr})") from None
 
     def apply(x):
         out = fn(x)

@@ -406,7 +406,9 @@ def _refuse(act: Activation, s: _Slopes, conds: tuple[Condition, ...]) -> Unroll
         f"activation {act.name} is not the proximal map of a convex function, "
         f"so no objective F exists: {'; '.join(why)}"
     )
-    if not lip.holds and nondec.holds and cont.holds:
+    if not lip.holds and not sp.sympify(s.high.value).is_finite:
+        msg += ". φ′ is unbounded, so no scaling φ/L helps"
+    elif not lip.holds and nondec.holds and cont.holds:
         L = s.high.value
         if s.high.how == "symbolic":
             scaled = sp.simplify(act.expr / L)
