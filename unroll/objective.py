@@ -33,7 +33,7 @@ import math
 import sys
 import types
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import sympy as sp
 
@@ -709,9 +709,11 @@ class Objective:
     points: tuple[tuple[sp.Expr, sp.Expr], ...]
     F: sp.Expr
     conditions: tuple[Condition, ...]
-    _open_pieces: tuple[tuple[sp.Interval, sp.Expr], ...]
-    _torch_pieces: tuple[tuple[float, float, float, Callable], ...]
+    # g per open interval of t, and the same printed to torch: (lo, hi, an inner point, fn).
+    _open_pieces: tuple[tuple[sp.Interval, sp.Expr], ...] = field(repr=False)
+    _torch_pieces: tuple[tuple[float, float, float, Callable], ...] = field(repr=False)
 
+    # The symbols g and F are written in (class attributes, not fields).
     t = t
     x, W, b, n = x, W, b, n
 
