@@ -13,7 +13,6 @@ import unroll
 from unroll.nn import layer_form, lower
 
 
-
 def mlp(width: int = 4) -> nn.Module:
     return nn.Sequential(nn.Linear(width, width), nn.Tanh())
 
@@ -371,3 +370,61 @@ def test_program_has_one_block_update_after_the_operators():
     program = lower(layer_form(unroll.schemes["nesterov"]))
     (call,) = program.calls
     assert call.op == "W" and program.states == ("x",)
+
+
+# -- the objective along the layers ---------------------------------------------------------------
+def test_objective_descends_along_a_proximal_gradient_network():
+    # BACKGROUND section 2: with W symmetric, 0 ⪯ W ⪯ I and φ = prox_g (tanh), F never increases.
+    torch.manual_seed(0)
+    n = 6
+    net = (
+        unroll.schemes["gradient_descent"]
+        .network(12, dim=n, tied=True, symmetric=True, activation="tanh")
+        .double()
+    )
+    Q, _ = torch.linalg.qr(torch.randn(n, n, dtype=torch.float64))
+    u = torch.rand(n, dtype=torch.float64)  # eigenvalues in [0, 1)
+    with torch.no_grad():
+        net.blocks[0].operators["W"].parametrizations.weight.original.copy_(Q @ torch.diag(u) @ Q.T)
+        net.blocks[0].coefficients.b.normal_()
+    x0 = 0.9 * torch.tanh(torch.randn(5, n, dtype=torch.float64))  # inside tanh's range
+    trace = net(x0, return_objective=True)
+    F = trace.objective
+    assert F.shape == (13, 5) and bool(torch.isfinite(F).all())
+    steps = F[1:] - F[:-1]
+    assert bool((steps <= 1e-12).all())  # non-increasing up to float64 rounding of O(1) sums
+    assert bool((F[-1] < F[0]).all())
+
+
+def test_objective_of_the_identity_layer_is_the_quadratic():
+    torch.manual_seed(0)
+    n = 4
+    net = (
+        unroll.schemes["proximal_gradient"]
+        .network(2, dim=n, tied=True, symmetric=True, activation="identity")
+        .double()
+    )
+    with torch.no_grad():
+        net.blocks[0].coefficients.b.normal_()
+    W = net.blocks[0].operators["W"].weight.detach()
+    b = parameters(net)["b"]
+    x0 = torch.randn(3, n, dtype=torch.float64)
+    trace = net(x0, return_states=True, return_objective=True)
+    x = trace.states
+    # F(x) = ½ xᵀ(I − W)x − bᵀx with g = 0 for φ = identity.
+    want = 0.5 * (x * x).sum(-1) - 0.5 * ((x @ W.T) * x).sum(-1) - x @ b
+    torch.testing.assert_close(trace.objective, want, rtol=0, atol=1e-12)  # float64 rounding
+
+
+@pytest.mark.parametrize(
+    "name, options, message",
+    [
+        ("lm_resnet", {"f": mlp()}, "not the layer of an objective"),
+        ("hb_net", {"dim": 4}, "tied=True"),
+        ("heavy_ball", {"dim": 4, "tied": True, "activation": torch.relu}, "by name"),
+    ],
+)
+def test_objective_needs_an_objective_backed_tied_dense_network(name, options, message):
+    net = unroll.schemes[name].network(2, **options).float()
+    with pytest.raises(unroll.UnrollError, match=message):
+        net(torch.zeros(1, 4, dtype=torch.float32), return_objective=True)
