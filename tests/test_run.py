@@ -8,7 +8,14 @@ import torchdiffeq
 
 import unroll
 
-torch.set_default_dtype(torch.float64)
+
+@pytest.fixture(autouse=True)
+def float64_by_default():
+    """These comparisons are at float64 round-off; restore the default for other test files."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 def quadratic(n=6, seed=0):
