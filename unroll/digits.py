@@ -80,7 +80,8 @@ def scheme_net(scheme: str, depth: int, width: int, hidden: int, seed: int = 0) 
         return nn.Sequential(nn.Linear(width, hidden), nn.Tanh(), nn.Linear(hidden, width))
 
     net = spec.network(depth, dim=width, f=branch, backend="torch")
-    return nn.Sequential(nn.Linear(FEATURES, width), net, nn.Linear(width, CLASSES))
+    # float32 whatever the default dtype: the data is float32.
+    return nn.Sequential(nn.Linear(FEATURES, width), net, nn.Linear(width, CLASSES)).float()
 
 
 def residual_net(blocks: int, width: int, hidden: int, seed: int = 0) -> nn.Sequential:
@@ -92,7 +93,7 @@ def residual_net(blocks: int, width: int, hidden: int, seed: int = 0) -> nn.Sequ
             for _ in range(blocks)
         ]
     )
-    return nn.Sequential(nn.Linear(FEATURES, width), stack, nn.Linear(width, CLASSES))
+    return nn.Sequential(nn.Linear(FEATURES, width), stack, nn.Linear(width, CLASSES)).float()
 
 
 def train(
