@@ -14,8 +14,8 @@ from torch import nn
 import unroll
 from unroll.digits import one_thread
 from unroll.errors import UnrollError
-from unroll.grow import find_sites, splitting_matrices, splitting_spectra
 from unroll.parallel import Residual
+from unroll.splitting import find_sites, splitting_matrices, splitting_spectra
 
 DT = torch.float64
 
@@ -311,12 +311,13 @@ def test_report_table_lists_every_split():
     assert "predicted loss change" in lines[0]
 
 
-def test_unroll_grow_is_callable_after_importing_the_module():
-    import unroll.grow as module
+def test_unroll_grow_stays_the_function_after_importing_its_module():
+    import unroll.commands.grow  # noqa: F401  (imports unroll.splitting)
+    import unroll.splitting
 
-    assert callable(unroll.grow)
+    assert unroll.grow is unroll.splitting.grow
     model = _mlp()
-    grown, report = module(model, _data(model), loss_fn, fraction=0.1)
+    grown, report = unroll.grow(model, _data(model), loss_fn, fraction=0.1)
     assert len(report.splits) == 1
 
 

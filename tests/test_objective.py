@@ -8,7 +8,6 @@ the layer map itself, closed forms written by hand, mpmath.
 
 from __future__ import annotations
 
-import importlib
 import math
 
 import mpmath
@@ -19,11 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import unroll
+import unroll.objectives as objective_module  # noqa: E402
 from unroll import UnrollError, activations
-from unroll.objective import Objective, check_activation, objective, t
-
-# The module itself (``unroll.objective`` the attribute is the function).
-objective_module = importlib.import_module("unroll.objective")
+from unroll.objectives import Objective, check_activation, objective, t
 
 y = sp.Symbol("y", real=True)
 SOFT_THRESHOLD = sp.Lambda(y, sp.Piecewise((y + 1, y < -1), (0, y <= 1), (y - 1, True)))
@@ -379,8 +376,8 @@ def test_check_activation_reports_without_raising():
 
 
 def test_public_names_and_printing():
-    # unroll.objective is the function, or the module once imported (then calling it calls
-    # the function): either way it derives.
+    # unroll.objective is the function even after its module, unroll.objectives, is imported.
+    assert unroll.objective is objective
     assert isinstance(unroll.objective("relu"), unroll.Objective)
     assert unroll.Objective is Objective
     obj = objective("sigmoid")

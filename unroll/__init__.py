@@ -25,10 +25,10 @@ _LAZY = {
     "compile": "unroll.library",
     "load": "unroll.library",
     "schemes": "unroll.library",
-    "objective": "unroll.objective",
-    "Objective": "unroll.objective",
-    "identify": "unroll.identify",
-    "grow": "unroll.grow",
+    "objective": "unroll.objectives",
+    "Objective": "unroll.objectives",
+    "identify": "unroll.identification",
+    "grow": "unroll.splitting",
     "parallelize": "unroll.parallel",
 }
 

@@ -325,8 +325,8 @@ class Scheme:
 
     def objective(self, activation: Any = None) -> Any:
         """The objective F behind this scheme's layer for ``activation`` (default: the scheme's);
-        see `unroll.objective.objective`."""
-        from .objective import objective
+        see `unroll.objectives.objective`."""
+        from .objectives import objective
 
         act = activation if activation is not None else self.activation
         if act is None:

@@ -65,7 +65,7 @@ def facts(scheme, activation: str | None = None, mu: float = MU, L: float = L) -
     }
     notes: dict[str, str] = {}
 
-    identify = _optional("unroll.identify", "identify")
+    identify = _optional("unroll.identification", "identify")
     if identify is None:
         notes["architecture"] = "not available: unroll.identify is not installed"
         out["architecture"] = None
@@ -91,7 +91,7 @@ def facts(scheme, activation: str | None = None, mu: float = MU, L: float = L) -
 
         activations.get(act)  # an unknown name is the user's error, not a note
     out["activation"] = act
-    objective = _optional("unroll.objective", "objective")
+    objective = _optional("unroll.objectives", "objective")
     uses_layer = scheme.kind in ("layer", "optimizer")
     if act is None or not uses_layer:
         out["objective"] = None

@@ -50,7 +50,7 @@ def experiment(
 
     ``build()`` makes the starting network (before training); all methods share it.
     """
-    from ..grow import grow
+    from ..splitting import grow
 
     with digits.one_thread():
         data = digits.load(seed)
@@ -148,7 +148,7 @@ def _markdown(rows: list[Row], argv: list[str], where: str, scheme: str) -> str:
         "",
         "![accuracy against parameters](grow.png)",
         "",
-        "The same from Python, for any model whose growable layers `unroll.grow.find_sites`",
+        "The same from Python, for any model whose growable layers `unroll.splitting.find_sites`",
         "finds (Linear or Conv2d → smooth activation → Linear or Conv2d in an `nn.Sequential`):",
         "",
         "```python",
@@ -190,7 +190,7 @@ def command(
     from rich.table import Table
 
     from ..errors import UnrollError
-    from ..grow import check_options
+    from ..splitting import check_options
 
     check_options(fraction=fraction, eps=eps)
     sizes = {"rounds": rounds, "epochs": epochs, "depth": depth, "width": width, "hidden": hidden}

@@ -34,7 +34,7 @@ def command(activation: str | None, latex: bool, as_table: bool) -> None:
     ACTIVATION is a name such as relu, sigmoid, leaky_relu(0.1) or elu(0.5).
     """
     from ..errors import UnrollError
-    from ..objective import objective, table
+    from ..objectives import objective, table
 
     if as_table:
         click.echo(table())

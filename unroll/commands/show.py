@@ -50,7 +50,7 @@ def _network(scheme, activation: str | None) -> list[str]:
 
     from .. import activations, ir
     from ..errors import UnrollError
-    from ..identify import identify
+    from ..identification import identify
     from ..nn import layer_form
     from ..printing import equation_text
 

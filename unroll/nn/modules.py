@@ -499,7 +499,7 @@ class Network(nn.Module):
 def _objective_backed(scheme: Scheme) -> bool:
     if scheme.kind == "optimizer":
         return True
-    from ..identify import identify
+    from ..identification import identify
 
     return identify(scheme) in ("feedforward", "HB-Net", "AGD-Net")
 

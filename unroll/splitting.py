@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import copy
 import math
-import sys
-import types
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -811,15 +809,3 @@ def grow(
         tolerance=_tolerance(model, spectra),
     )
     return grown, report
-
-
-class _CallableModule(types.ModuleType):
-    """``unroll.grow`` is both this module and its function: ``unroll/__init__.py`` exports
-    the function lazily, but once anything imports the module ``unroll.grow`` (the CLI does),
-    Python binds the package attribute to the module. Calling the module calls `grow`."""
-
-    def __call__(self, *args, **kwargs):
-        return grow(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

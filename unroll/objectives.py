@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import functools
 import math
-import sys
-import types
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -890,16 +888,3 @@ DOC_ACTIVATIONS = [
     "atan",
     "softsign",
 ]
-
-
-class _CallableModule(types.ModuleType):
-    """``unroll.objective`` is both this module and its function (the convention of
-    unroll/grow.py): ``unroll/__init__.py`` exports the function lazily, but once anything
-    imports the module (the CLI does), Python binds the package attribute to the module.
-    Calling the module calls `objective`."""
-
-    def __call__(self, *args, **kwargs):
-        return objective(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
