@@ -102,7 +102,7 @@ def helper_source(used: set[str] | list[str]) -> str:
 
 # Numeric rewrites applied before printing (sympy.codegen.rewriting): log(1 + x) -> log1p(x),
 # exp(x) - 1 -> expm1(x), log(1 + exp(x)) (softplus) -> max(x, 0) + log1p(exp(-|x|)) and its
-# derivative exp(x)/(exp(x) + 1) -> 1/(1 + exp(-x)), which do not overflow for large x.
+# and the sigmoid's derivatives exp(x)/(exp(x) + 1)^n, which do not overflow for large x.
 _w = sp.Wild("w")
 _softplus = ReplaceOptim(
     lambda e: isinstance(e, sp.log) and e.args[0].match(1 + sp.exp(_w)) is not None,
@@ -130,29 +130,30 @@ def _expm1_of(e: sp.Add) -> sp.Expr:
     return sp.Add(expm1(first.args[0], evaluate=False), *rest)
 
 
-def _is_logistic(e: sp.Basic) -> bool:
-    """exp(a) / (exp(a) + 1): the derivative of softplus, inf/inf for large a as written."""
+def _logistic_factor(e: sp.Basic) -> tuple[sp.Basic, sp.Basic, int] | None:
+    """(the factor (1 + exp(a))^-n, a, n) of a product exp(a) (1 + exp(a))^-n, else None.
+
+    Such products are the derivatives of softplus (n = 1) and of the sigmoid (n = 2); written
+    so they are inf/inf once exp(a) overflows (a > 88 in float32).
+    """
     if not e.is_Mul:
-        return False
+        return None
     for f in e.args:
-        if f.is_Pow and f.exp == -1 and f.base.match(1 + sp.exp(_w)) is not None:
-            a = f.base.match(1 + sp.exp(_w))[_w]
-            if sp.exp(a) in e.args:
-                return True
-    return False
+        if f.is_Pow and f.exp.is_Integer and f.exp < 0:
+            m = f.base.match(1 + sp.exp(_w))
+            if m is not None and sp.exp(m[_w]) in e.args:
+                return f, m[_w], int(-f.exp)
+    return None
 
 
 def _logistic(e: sp.Mul) -> sp.Expr:
-    for f in e.args:
-        if f.is_Pow and f.exp == -1 and f.base.match(1 + sp.exp(_w)) is not None:
-            a = f.base.match(1 + sp.exp(_w))[_w]
-            if sp.exp(a) in e.args:
-                rest = [g for g in e.args if g is not f and g != sp.exp(a)]
-                return sp.Mul(*rest, 1 / (1 + sp.exp(-a)))
-    return e
+    """exp(a) (1 + exp(a))^-n = (1 + exp(a))^-(n-1) / (1 + exp(-a)): finite for every a."""
+    f, a, n = _logistic_factor(e)
+    rest = [g for g in e.args if g is not f and g != sp.exp(a)]
+    return sp.Mul(*rest, (1 + sp.exp(a)) ** (1 - n), 1 / (1 + sp.exp(-a)))
 
 
-_logistic_optim = ReplaceOptim(_is_logistic, _logistic)
+_logistic_optim = ReplaceOptim(lambda e: _logistic_factor(e) is not None, _logistic)
 
 REWRITES = (_softplus, _logistic_optim, _log1p, _expm1)
 
