@@ -127,6 +127,11 @@ def facts(scheme, activation: str | None = None, mu: float = MU, L: float = L) -
             elif isinstance(value, sp.Basic):
                 value = _text(value)
             out[key] = value
+        if out["order"] == 0:
+            notes["order"] = (
+                "inconsistent with ẋ = f(x) for generic parameter values; the modified equation "
+                "shows the equation the scheme does approximate"
+            )
         if out["characteristic_roots"] and symbolic:
             out["zero_stable_at"] = {n: v for n, v in scheme.defaults().items() if n != "h"}
         view, err = _try(ode_view, scheme, "stability")
@@ -205,6 +210,8 @@ def _value_text(key: str, value: Any, f: dict) -> str:
         return ("yes" if value else "no") + where
     if key == "iteration_matrix":
         return f"{value} on ({', '.join(f['history'])})"
+    if key == "order" and value == 0 and f["notes"].get("order"):
+        return f"0 ({f['notes']['order']})"
     return str(value)
 
 
