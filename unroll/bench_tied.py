@@ -180,7 +180,9 @@ def run(
         ref_in = [t.clone().requires_grad_(True) for t in exact]
         ref = net(*ref_in)
         ref_dw = torch.autograd.grad(ref, ref_in[1], upstream)[0] if backward else None
-        ins = [t.to(low) for t in exact[:2]] + [t.float() for t in exact[2:]]
+        # The whole network in the benchmark's dtype, coefficients too: a float32 b would
+        # promote the eager state to float32 and its next product with a bfloat16 W fails.
+        ins = [t.to(low) for t in exact]
 
         def tied_fn(*a, depth=depth):
             kw = dict(zip(names, a[2:], strict=True))
