@@ -70,3 +70,17 @@ def test_bfloat16_network_runs_end_to_end_in_the_eager_modes():
         # bfloat16 keeps 8 bits (unit roundoff 3.9e-3); 3 layers of 16-term sums stay within a
         # few of those; a wrong network is O(1).
         assert r.rel_err < 3e-2, r
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU path of the benchmark")
+def test_main_writes_the_tables_as_markdown(tmp_path):
+    """`unroll bench --tied -o FILE` (what .ci/gpu-check runs) writes the report there."""
+    path = tmp_path / "tied.md"
+    rows = bench_tied.main(
+        ["hb_net"], "float32", cases=[(24, 16, 2)], modes=("eager",), backward=False, output=path
+    )
+    text = path.read_text()
+    assert text.startswith("# Weight-tied networks")
+    table = [line for line in text.splitlines() if line.startswith("| 24×16×2 |")]
+    assert len(table) == len(rows) == 1
+    assert f"| {rows[0].ms:.3f} |" in table[0]

@@ -41,7 +41,7 @@ def command(
 
         if not torch.cuda.is_available():
             raise UnrollError("unroll bench --tied needs a CUDA device")
-        bench_tied(list(schemes) or ["hb_net"], dtype)
+        bench_tied(list(schemes) or ["hb_net"], dtype, output=output)
         return
 
     try:
