@@ -164,3 +164,99 @@ def test_cli_compares_layouts_from_one_start(tmp_path):
 
     bad = CliRunner().invoke(cli, ["parallel", "--depths", "2,x"])
     assert bad.exit_code == 2 and "--depths" in bad.output
+
+
+def _scheme_net(scheme: str, depth: int, h: float, **options) -> nn.Module:
+    """``depth`` steps of a bundled scheme with branches Linear → tanh → Linear, float64."""
+    torch.manual_seed(0)
+
+    def f():
+        return nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 5))
+
+    opts = {"dim": 5, "f": f, "params": {"h": h}, "backend": "torch", **options}
+    return unroll.schemes[scheme].network(depth, **opts).to(DT)
+
+
+def test_forward_euler_network_order_one_is_the_sum_of_its_branches():
+    """Forward Euler's block is x + h f_k(x): the wide form is x + h Σ_k f_k(x), written out
+    here from the network's own branch modules."""
+    net, x = _scheme_net("forward_euler", 3, 0.3), _x()
+    fs = [block.operators["f"] for block in net.blocks]
+    h = net.blocks[0].coefficients.values()["h"]  # 0.3 rounded to float32, the default dtype
+    with torch.no_grad():
+        expected = x + h * sum(f(x) for f in fs)
+        # rounding only: (x + h f) − x loses the bits of |x| ≈ 1 at float64 eps, summed 3×
+        torch.testing.assert_close(unroll.parallelize(net)(x), expected, rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("scheme", ["forward_euler", "midpoint"])
+@pytest.mark.parametrize("order, expected", [(1, 2.0), (2, 3.0)])
+def test_scheme_network_truncation_order(scheme, order, expected):
+    """A network from a one-step scheme is a residual stack with increments O(h): the wide
+    form's error against the network shrinks like h² (order 1) and h³ (order 2)."""
+    x, hs, errors = _x(), np.logspace(-3, -1, 4), []
+    for h in hs:
+        net = _scheme_net(scheme, 3, float(h))
+        with torch.no_grad():
+            errors.append(float((net(x) - unroll.parallelize(net, order)(x)).norm()))
+    slope = np.polyfit(np.log(hs), np.log(errors), 1)[0]
+    assert abs(slope - expected) < 0.3, (errors, slope)
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_scheme_network_of_one_step_is_exact(order):
+    net, x = _scheme_net("midpoint", 1, 0.5), _x()
+    with torch.no_grad():
+        # (x + Δ) − x + x differs from x + Δ by rounding at float64 eps of |x| ≈ 1 only
+        torch.testing.assert_close(unroll.parallelize(net, order)(x), net(x), rtol=0, atol=1e-14)
+
+
+def test_sequential_of_scheme_layers():
+    """Blocks from Scheme.layer in an nn.Sequential are residual blocks too (at step 0)."""
+    torch.manual_seed(0)
+    layers = [
+        unroll.schemes["forward_euler"].layer(
+            dim=5, f=nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 5)),
+            params={"h": 0.2}, backend="torch",
+        ).to(DT)
+        for _ in range(2)
+    ]  # fmt: skip
+    x, h = _x(), layers[0].coefficients.values()["h"]  # 0.2 rounded to float32
+    with torch.no_grad():
+        expected = x + h * (layers[0].operators["f"](x) + layers[1].operators["f"](x))
+        got = unroll.parallelize(nn.Sequential(*layers))(x)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-14)  # rounding, as above
+
+
+def test_copies_keep_shared_modules_shared():
+    """A weight-tied stack stays tied under share=False: one copy of the shared module."""
+    net = _scheme_net("forward_euler", 4, 0.1, tied=True)
+    (g,) = _branches(1)
+    stack = nn.Sequential(Residual(g), Residual(g))
+    for model in (net, stack):
+        params = sum(p.numel() for p in model.parameters())
+        for share in (True, False):
+            wide = unroll.parallelize(model, share=share)
+            assert sum(p.numel() for p in wide.parameters()) == params
+            shared = {id(p) for p in wide.parameters()} <= {id(p) for p in model.parameters()}
+            assert shared == share
+    with torch.no_grad():
+        x = _x()
+        torch.testing.assert_close(
+            unroll.parallelize(net, share=False)(x), unroll.parallelize(net)(x), rtol=0, atol=0
+        )
+
+
+def test_scheme_networks_that_are_not_residual_stacks_are_named():
+    def f():
+        return nn.Linear(5, 5)
+
+    lm = unroll.schemes["lm_resnet"].network(2, dim=5, f=f, backend="torch")
+    with pytest.raises(UnrollError, match="lm_resnet.*one-step"):
+        unroll.parallelize(lm)
+    rev = unroll.schemes["revnet"].network(2, dim=5, f={"f": f, "g": f}, backend="torch")
+    with pytest.raises(UnrollError, match="revnet.*X, Y"):
+        unroll.parallelize(rev)
+    noisy = unroll.schemes["forward_euler"].network(2, dim=5, f=f, survival=0.5, backend="torch")
+    with pytest.raises(UnrollError, match="survival"):
+        unroll.parallelize(noisy)
