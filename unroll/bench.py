@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime
 import os
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -92,9 +91,15 @@ def copy_bandwidth(do_bench: Callable, n_bytes: int = 1 << 30) -> float:
     return 2 * n_bytes / (ms * 1e-3)
 
 
-def run(names: Sequence[str], sizes: Sequence[int], dtype_name: str = "float32") -> Report:
+def run(
+    names: Sequence[str],
+    sizes: Sequence[int],
+    dtype_name: str = "float32",
+    progress: Callable[[Report], None] | None = None,
+) -> Report:
     """Benchmark the block update of each bundled scheme in ``names`` at 2^s elements for s in
-    ``sizes`` (see the module docstring)."""
+    ``sizes`` (see the module docstring). ``progress(report)`` is called after each scheme and
+    after the first-use figures, so a run cut short keeps what it measured."""
     import torch
 
     if not torch.cuda.is_available():
@@ -136,7 +141,11 @@ def run(names: Sequence[str], sizes: Sequence[int], dtype_name: str = "float32")
             fns = {"eager": eager, "compile": compiled, "triton": fused}
             saved = len(module.SAVED)
             report.rows += _measure(name, block, fns, ts, cs, leaves, gy, n, saved, do_bench)
+        if progress is not None:
+            progress(report)
     report.first_use = first_use(names[0] if names else "heavy_ball")
+    if progress is not None:
+        progress(report)
     return report
 
 
@@ -166,41 +175,59 @@ def _measure(name, block, fns, ts, cs, leaves, gy, n, saved, do_bench) -> list[R
     return rows
 
 
-def first_use(name: str) -> dict[str, float]:
-    """Seconds to the first result: torch.compile's first call, the generated op with an empty
-    disk cache (generate, write, import, compile), and with the module already on disk."""
-    import torch
+# Run in a fresh Python process: argv = scheme, device, and what to time ("compile", "unroll").
+_FIRST_USE = """
+import sys, time, torch
+from unroll.codegen import op
+from unroll.library import schemes
 
-    from . import cache
-    from .codegen import op
-    from .library import schemes
-
-    scheme = schemes[name]
-    block = op.block_of(scheme)
-    ts = {i.name: torch.randn(1 << 20, device="cuda") for i in block.inputs}
-    cs = {c.name: torch.rand((), device="cuda") for c in block.coefficients if not c.per_channel}
-    if len(cs) != len(block.coefficients):
-        return {}
-    out: dict[str, float] = {}
-    eager = op.block_update(scheme, backend="torch")
+name, device, what = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
+scheme = schemes[name]
+block = op.block_of(scheme)
+shape = (4096, 256)  # 2^20 elements; per-channel coefficients index the 256 columns
+ts = {i.name: torch.randn(shape, device=device) for i in block.inputs}
+cs = {c.name: torch.rand(256 if c.per_channel else (), device=device) for c in block.coefficients}
+eager = op.block_update(scheme, backend="torch")
+fns = {"compile": lambda: torch.compile(lambda t, c: eager(t, c))(ts, cs),
+       "unroll": lambda: op.block_update(scheme, backend="triton")(ts, cs)}
+for w in what:
     t0 = time.perf_counter()
-    torch.compile(lambda t, c: eager(t, c))(ts, cs)
-    torch.cuda.synchronize()
-    out["torch.compile"] = time.perf_counter() - t0
-    old = os.environ.get("UNROLL_CACHE_DIR")
+    fns[w]()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    print(w, time.perf_counter() - t0)
+"""
+
+
+def first_use(
+    name: str, device: str = "cuda", what: Sequence[str] = ("compile", "unroll")
+) -> dict[str, float]:
+    """Seconds to the first result of ``name``'s block update on 2^20 elements, each measured in
+    a new Python process (imports not counted): first with empty caches (torch.compile's and
+    Triton's on-disk caches and unroll's, all in a fresh temporary directory: generation, writing,
+    import and compilation), then in a second process with those caches on disk."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parent.parent)
+    out: dict[str, float] = {}
+    label = {"compile": "torch.compile", "unroll": "unroll"}
     with tempfile.TemporaryDirectory() as d:
-        os.environ["UNROLL_CACHE_DIR"] = d
-        try:
-            for label in ("unroll, empty cache", "unroll, module on disk"):
-                cache._loaded.clear()
-                op.block_of.cache_clear()
-                t0 = time.perf_counter()
-                op.block_update(scheme, backend="triton")(ts, cs)
-                torch.cuda.synchronize()
-                out[label] = time.perf_counter() - t0
-        finally:
-            if old is None:
-                os.environ.pop("UNROLL_CACHE_DIR", None)
-            else:
-                os.environ["UNROLL_CACHE_DIR"] = old
+        env = {
+            **os.environ,
+            "UNROLL_CACHE_DIR": os.path.join(d, "unroll"),
+            "TRITON_CACHE_DIR": os.path.join(d, "triton"),
+            "TORCHINDUCTOR_CACHE_DIR": os.path.join(d, "inductor"),
+            "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+        }
+        for when in ("empty caches", "caches on disk, new process"):
+            cmd = [sys.executable, "-c", _FIRST_USE, name, device, ",".join(what)]
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+            if done.returncode != 0:
+                tail = done.stderr.strip().splitlines()[-1:] or ["no output"]
+                raise UnrollError(f"first-use measurement of {name!r} failed: {tail[0]}")
+            for line in done.stdout.splitlines():
+                w, seconds = line.split()
+                out[f"{label[w]}, {when}"] = float(seconds)
     return out
