@@ -11,6 +11,7 @@ pytest.importorskip("sklearn")
 from unroll import digits  # noqa: E402
 from unroll.cli import cli  # noqa: E402
 from unroll.commands.grow import METHODS, experiment  # noqa: E402
+from unroll.splitting import find_sites  # noqa: E402
 
 TINY = ["--rounds", "1", "--epochs", "2", "--width", "4"]
 
@@ -60,9 +61,21 @@ def test_cli_matrix_free_runs():
         (["--epochs", "0"], "--epochs"),
         (["--eps", "-1"], "eps"),
         (["--scheme", "nosuch"], "'nosuch'"),
+        (["--scheme", "heavy_ball"], "'heavy_ball' (optimizer"),  # no branch f to grow
+        (["--scheme", "revnet"], "'revnet' (ode, states X, Y)"),  # a tensor is not (X, Y)
     ],
 )
 def test_cli_bad_settings_are_one_line(args, word):
     result = CliRunner().invoke(cli, ["grow", "--rounds", "1", "--epochs", "1", *args])
     assert result.exit_code == 2
     assert word in result.output and result.output.count("\n") == 1
+
+
+def test_scheme_with_two_branches_grows_both():
+    """FractalNet has branches f_1 and f_2: each block gets one of each, and both grow."""
+    model = digits.scheme_net("fractalnet", depth=2, width=4, hidden=2)
+    assert [s.name for s in find_sites(model)] == [
+        f"1.blocks.{n}.operators.{f}.0" for n in range(2) for f in ("f_1", "f_2")
+    ]
+    x = torch.zeros(3, digits.FEATURES)
+    assert model(x).shape == (3, digits.CLASSES)

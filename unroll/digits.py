@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import ir
 from .errors import UnrollError
 from .parallel import Residual
 
@@ -69,17 +70,29 @@ def load(seed: int = 0, val_fraction: float = 0.25) -> Digits:
 
 def scheme_net(scheme: str, depth: int, width: int, hidden: int, seed: int = 0) -> nn.Sequential:
     """64 → width, ``depth`` steps of the ODE ``scheme`` (a bundled name, e.g. "forward_euler":
-    the ResNet block x + h f(x)) with branch f = Linear(width, hidden) → tanh → Linear(hidden,
-    width), one per block, then width → 10: the network `grow` widens (the ``hidden`` units)."""
+    the ResNet block x + h f(x)) with each branch (f, or f_1, f_2, ...) = Linear(width, hidden)
+    → tanh → Linear(hidden, width), one per block and branch, then width → 10: the network
+    `grow` widens (the ``hidden`` units). The scheme must be an ODE scheme with one state."""
     import unroll
 
     spec = unroll.schemes[scheme]  # an UnrollError naming the scheme if there is none
+    if spec.kind != "ode" or len(spec.states) != 1:
+        raise UnrollError(
+            f"scheme {scheme!r} ({spec.kind}, states {', '.join(spec.states)}) has no network "
+            "of branches f on one state: choose an ODE scheme with one state, e.g. forward_euler"
+        )
+    names = {
+        a.func.__name__
+        for eq in spec.equations
+        for a in ir.applications(eq.rhs)
+        if ir.operator_kind(a) == "branch"
+    }
     torch.manual_seed(seed)
 
     def branch() -> nn.Module:
         return nn.Sequential(nn.Linear(width, hidden), nn.Tanh(), nn.Linear(hidden, width))
 
-    net = spec.network(depth, dim=width, f=branch, backend="torch")
+    net = spec.network(depth, dim=width, f=dict.fromkeys(names, branch), backend="torch")
     # float32 whatever the default dtype: the data is float32.
     return nn.Sequential(nn.Linear(FEATURES, width), net, nn.Linear(width, CLASSES)).float()
 
