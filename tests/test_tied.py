@@ -275,3 +275,23 @@ def test_gpu_against_float64(name, dtype, batch, n, depth):
     for a, b in zip(got, want, strict=True):
         err = ((a.double() - b).norm() / b.norm().clamp_min(1e-30)).item()
         assert err < 4 * GPU_TOL[dtype], err  # gradients: twice the products, twice the error
+
+
+def test_kernels_are_generated_once_and_cached_under_unroll_cache_dir(monkeypatch, tmp_path):
+    """The SymPy generation (tens of ms) runs once per step, not on every call (it would dwarf
+    a launch), and the module is a sealed file of `unroll.cache` under $UNROLL_CACHE_DIR."""
+    from unroll import cache
+    from unroll.codegen import tied_source
+
+    monkeypatch.setenv("UNROLL_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(cache, "_loaded", {})
+    monkeypatch.setattr(tied_source, "_MODULES", {})
+    calls = []
+    real = tied_source.source
+    monkeypatch.setattr(tied_source, "source", lambda step: calls.append(1) or real(step))
+    scheme, x0, W, params, _ = _case("hb_net", None, batch=8, n=16)
+    first = tied.tied_network(scheme, x0, W, 2, **params)
+    second = tied.tied_network(scheme, x0, W, 2, **params)
+    assert torch.equal(first, second) and len(calls) == 1
+    (path,) = tmp_path.glob("tied_hb_net_*.py")
+    assert cache.intact(path.read_text())
