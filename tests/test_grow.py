@@ -295,12 +295,21 @@ def test_fraction_and_budget_limit_the_splits():
         ({"budget": -1}, "budget"),
         ({"eps": float("nan")}, "eps"),
         ({"c": 1.0}, "c "),
+        ({"eps": "0.1"}, "eps must be a number"),
+        ({"fraction": None}, "fraction must be a number"),
+        ({"c": "3"}, "c must be a number"),
     ],
 )
 def test_bad_arguments_name_themselves(kwargs, word):
     model = _mlp()
     with pytest.raises(UnrollError, match=word):
         unroll.grow(model, _data(model), loss_fn, **kwargs)
+
+
+def test_loss_fn_must_be_callable():
+    model = _mlp()
+    with pytest.raises(UnrollError, match="loss_fn must be callable"):
+        unroll.grow(model, _data(model), "cross_entropy")
 
 
 def test_report_table_lists_every_split():

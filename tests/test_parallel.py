@@ -132,6 +132,8 @@ def test_bad_inputs_are_named():
         unroll.parallelize(Residual(nn.Identity()))
     with pytest.raises(UnrollError, match="order"):
         unroll.parallelize(nn.Sequential(Residual(nn.Identity())), order=3)
+    with pytest.raises(UnrollError, match="order"):
+        unroll.parallelize(nn.Sequential(Residual(nn.Identity())), order=True)
     wide = Parallel([nn.Linear(5, 2)])
     with pytest.raises(UnrollError, match="branch 0"):
         wide(torch.zeros(1, 5))

@@ -104,7 +104,7 @@ class Parallel(nn.Module):
 
     def __init__(self, branches: list[nn.Module], order: int = 1):
         super().__init__()
-        if order not in (1, 2):
+        if isinstance(order, bool) or order not in (1, 2):
             raise UnrollError(f"order must be 1 or 2, got {order!r}")
         self.branches = nn.ModuleList(branches)
         self.order = order

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -276,6 +277,8 @@ def _batches(data) -> list[tuple[object, Tensor]]:
 
 def _gradients(model, sites, data, loss_fn, extra, leaves: dict[str, list[Tensor]]):
     """Σ over batches of (n_b/N)·∂loss_b/∂leaves, with ``extra`` injected; model in eval mode."""
+    if not callable(loss_fn):
+        raise UnrollError(f"loss_fn must be callable as loss_fn(outputs, targets), got {loss_fn!r}")
     batches = _batches(data)
     total = sum(len(y) for _, y in batches)
     flat = [t for s in sites for t in leaves[s.name]]
@@ -734,6 +737,9 @@ def check_options(
     """Raise `UnrollError` naming the first bad option of `grow` (callers may check early)."""
     if method not in ("signed", "positive"):
         raise UnrollError(f"method must be 'signed' or 'positive', got {method!r}")
+    for name, value in (("fraction", fraction), ("eps", eps), ("c", c)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise UnrollError(f"{name} must be a number, got {value!r}")
     if not (0 < fraction <= 1):
         raise UnrollError(f"fraction must be in (0, 1], got {fraction!r}")
     if budget is not None and (
