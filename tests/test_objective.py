@@ -26,12 +26,15 @@ y = sp.Symbol("y", real=True)
 SOFT_THRESHOLD = sp.Lambda(y, sp.Piecewise((y + 1, y < -1), (0, y <= 1), (y - 1, True)))
 HALF_TANH = sp.Lambda(y, sp.tanh(y) / 2)
 HALF_ERF = sp.Lambda(y, sp.erf(y) / 2)  # slope ≤ 1/√π; g needs erfinv
+# Slopes 1/2 above 0 and 1/3 below, with the value at 0 given as a piece of its own (a point
+# piece starting where the next interval starts): g = t²/2 for t ≥ 0, t² below.
+POINT_PIECE = sp.Lambda(y, sp.Piecewise((y / 2, y > 0), (0, sp.Eq(y, 0)), (y / 3, True)))
 
 # Every activation with an objective: the bundled ones, families at a few parameters, Lambdas.
 SUPPORTED = [
     "identity", "relu", "leaky_relu", "leaky_relu(0.1)", "leaky_relu(0.5)", "sigmoid", "tanh",
     "softplus", "hardtanh", "elu", "elu(0.5)", "atan", "softsign", SOFT_THRESHOLD, HALF_TANH,
-    HALF_ERF,
+    HALF_ERF, POINT_PIECE,
 ]  # fmt: skip
 IDS = [s if isinstance(s, str) else str(s.expr) for s in SUPPORTED]
 
@@ -214,6 +217,14 @@ def test_indicators(spec):
     assert torch.equal(obj.evaluate_g(ts), want)
 
 
+def test_point_piece_gives_two_parabolas():
+    """The pieces are ordered by where they start, a point before the interval open at it."""
+    obj = objective(POINT_PIECE)
+    ts = torch.linspace(-3, 3, 13, dtype=torch.float64)
+    want = torch.where(ts >= 0, ts * ts / 2, ts * ts)  # (1/a − 1) t²/2 for slopes a = 1/2, 1/3
+    torch.testing.assert_close(obj.evaluate_g(ts), want, rtol=0, atol=1e-14)
+
+
 def test_soft_threshold_gives_the_absolute_value():
     obj = objective(SOFT_THRESHOLD)
     ts = torch.linspace(-3, 3, 13, dtype=torch.float64)
@@ -358,6 +369,37 @@ def test_refusal_unbounded_slope_proposes_no_scaling():
     with pytest.raises(UnrollError, match="slope above 1") as e:
         objective(sp.Lambda(y, y**3))
     assert "unbounded" in str(e.value) and "Scale it" not in str(e.value)
+
+
+def test_refusal_sign_names_its_two_jumps_only():
+    with pytest.raises(UnrollError, match="not continuous") as e:
+        objective(sp.Lambda(y, sp.sign(y)))
+    msg = str(e.value)
+    assert "jumps from -1 to 0 at v = 0" in msg and "jumps from 0 to 1 at v = 0" in msg
+    assert "oo" not in msg
+
+
+@pytest.mark.parametrize(
+    ("phi", "words"),
+    [
+        (sp.sin(y), ["not non-decreasing", "φ′ = -1"]),  # limits at ±∞ are AccumBounds
+        (sp.floor(y), ["cannot differentiate", "floor"]),
+        (sp.sqrt(y), ["not a real number", "no scaling"]),  # not real for v < 0
+        (sp.log(y), ["not a real number", "no scaling"]),
+    ],
+)
+def test_refusal_of_what_is_not_a_continuous_real_map(phi, words):
+    with pytest.raises(UnrollError) as e:
+        objective(sp.Lambda(y, phi))
+    for w in words:
+        assert w in str(e.value)
+    assert "Scale it" not in str(e.value)
+
+
+@pytest.mark.parametrize("phi", [sp.I * y, sp.Eq(y, 1)])
+def test_a_lambda_that_is_not_a_real_expression_is_refused(phi):
+    with pytest.raises(UnrollError, match="real"):
+        objective(sp.Lambda(y, phi))
 
 
 def test_what_sympy_cannot_invert_is_said_plainly():

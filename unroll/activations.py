@@ -294,7 +294,9 @@ def from_lambda(lam: sp.Lambda, name: str | None = None) -> Activation:
     if len(lam.variables) != 1:
         raise UnrollError(f"an activation takes one variable, {lam} takes {len(lam.variables)}")
     (var,) = lam.variables
-    expr = sp.sympify(lam.expr).xreplace({var: v})
+    expr = lam.expr.xreplace({var: v})
+    if not isinstance(expr, sp.Expr) or expr.has(sp.I) or expr.is_extended_real is False:
+        raise UnrollError(f"an activation maps a real v to a real number; {lam} does not")
     extra = expr.free_symbols - {v}
     if extra:
         names_ = ", ".join(sorted(map(str, extra)))

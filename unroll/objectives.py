@@ -97,7 +97,15 @@ def _split(expr: sp.Expr) -> list[_Piece]:
                 out.extend(_Piece(sp.FiniteSet(p), e) for p in part)
             elif part != sp.S.EmptySet:
                 out.append(_Piece(part, e))
-    return sorted(out, key=lambda p: float(p.where.inf))
+    # In order of where they start; a piece that contains its start (the point {0}, or [0, 1])
+    # before one open there ((0, ∞)), so that neighbours in the list are neighbours on ℝ.
+    return sorted(
+        out,
+        key=lambda p: (
+            float(p.where.inf),
+            not (isinstance(p.where, sp.FiniteSet) or not p.where.left_open),
+        ),
+    )
 
 
 def _samples(where: sp.Set, k: int = 3) -> list[sp.Expr]:
@@ -161,7 +169,8 @@ def _analyse(expr: sp.Expr) -> list[_Piece]:
         hi = sp.limit(p.expr, v, p.where.sup, "-")
         lo_open = p.where.left_open or not lo.is_finite
         hi_open = p.where.right_open or not hi.is_finite
-        if not (lo.is_extended_real and hi.is_extended_real and bool(lo <= hi)):
+        # (lo <= hi) stays unevaluated for limits that do not exist (AccumBounds of sin at ∞).
+        if not (lo.is_extended_real and hi.is_extended_real and sp.Le(lo, hi) == sp.true):
             out.append(p)  # not rising: φ′ < 0 somewhere, which `_slopes` will report
             continue
         out.append(replace(p, image=sp.Interval(lo, hi, lo_open, hi_open)))
@@ -245,6 +254,11 @@ def _piece_slopes(p: _Piece) -> tuple[_Piece, _Extreme, _Extreme]:
     import torch
 
     d = sp.diff(p.expr, v)
+    if d.has(sp.Derivative):
+        raise UnrollError(
+            f"cannot check the slope of φ(v) = {p.expr} on {interval_str(p.where)}: SymPy cannot "
+            "differentiate it (write it with Piecewise)"
+        )
     if p.image is not None and not d.has(v) and d > 0:
         p = replace(p, inverse=_inverse(p.expr, p.where, p.image))
     if not d.has(v):
@@ -253,7 +267,12 @@ def _piece_slopes(p: _Piece) -> tuple[_Piece, _Extreme, _Extreme]:
     fn = lambdify_torch(d, v)
     pts = _grid(p.where)
     with torch.no_grad():
-        vals = fn(pts)
+        real = torch.isfinite(lambdify_torch(p.expr, v)(pts))
+        vals = torch.where(real, fn(pts), math.nan)  # φ′ only where φ itself is real
+    # φ and φ′ are finite on |v| ≤ 30 for every activation with a proximal reading (float64
+    # does not overflow there); a NaN or ±∞ there means φ is not real (log v for v < 0) or its
+    # slope is unbounded (sqrt v at 0), and no scaling can help.
+    bad = ~torch.isfinite(vals) & (pts.abs() <= 30)
     out = []
     for sign in (1, -1):
         signed = torch.where(torch.isfinite(vals), sign * vals, torch.inf)
@@ -277,6 +296,10 @@ def _piece_slopes(p: _Piece) -> tuple[_Piece, _Extreme, _Extreme]:
         else:
             where_ = f"v ≈ {round(at, 6) + 0.0:.4g}"
         out.append((sign, best, where_))
+    if bool(bad.any()):  # no objective; the least slope seen where φ is real, and where not
+        at = f"v ≈ {pts[bad][0].item():.4g} (φ or φ′ is not a real number there)"
+        _, low, low_at = out[0]
+        return p, _Extreme(sp.Float(low, 15), low_at, "numeric"), _Extreme(sp.oo, at, "numeric")
     exact = None
     if p.image is not None and out[0][1] >= -_SLOPE_TOL:
         p = replace(p, inverse=_inverse(p.expr, p.where, p.image))
@@ -374,7 +397,8 @@ def _analysis(expr: sp.Expr) -> tuple[tuple[_Piece, ...], _Slopes, tuple[Conditi
 def check_activation(
     activation: str | Activation | sp.Lambda, **params: object
 ) -> tuple[Condition, ...]:
-    """The conditions for ``activation`` to be a proximal map, checked; raises nothing.
+    """The conditions for ``activation`` to be a proximal map, checked; refuses nothing (an
+    `UnrollError` only for a φ SymPy cannot differentiate, such as floor).
 
     Returns five `Condition`s: continuity, φ′ ≥ 0, φ′ ≤ 1 (each checked, symbolically where
     SymPy finds the extremes of φ′, else on a grid), and the two assumptions on W.
