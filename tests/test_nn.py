@@ -359,11 +359,28 @@ def test_cuda_matches_cpu():
         ("lm_resnet", {"f": mlp(), "params": {"q": 2.0}}, "unknown parameter 'q'"),
         ("lm_resnet", {"f": mlp(), "per_channel": ["κ"]}, "per channel: pass dim="),
         ("lm_resnet", {"f": mlp(), "survival": 1.5}, "survival"),
+        ("hb_net", {"dim": 4, "params": {"β": "x"}}, "must be a number or a tensor"),
     ],
 )
 def test_bad_options_are_unroll_errors(name, options, message):
     with pytest.raises(unroll.UnrollError, match=message):
         unroll.schemes[name].network(2, **options)
+
+
+@pytest.mark.parametrize(
+    "options, x0, message",
+    [
+        ({"dim": 4}, torch.zeros(2, 5), "shape \\(2, 5\\), but the network was built with dim=4"),
+        ({"channels": 3}, torch.zeros(2, 4, 5, 5), "built with channels=3"),
+        ({"channels": 3}, torch.zeros(2, 3), "shape \\(2, 3\\)"),
+    ],
+)
+def test_x0_of_the_wrong_width_is_an_unroll_error(options, x0, message):
+    net = unroll.schemes["hb_net"].network(2, **options)
+    with pytest.raises(unroll.UnrollError, match=message):
+        net(x0)
+    with pytest.raises(unroll.UnrollError, match=message):
+        net.blocks[0](x0)
 
 
 def test_program_has_one_block_update_after_the_operators():

@@ -313,6 +313,7 @@ class Block(nn.Module):
         self.coefficients = coefficients
         self.backend = backend
         self.activation_name: str | None = None  # set by the builder when φ has a name
+        self.options: Options | None = None  # set by the builder: the width x must have
         self._activation = activation
         self._main = _Compiled(program)
         self._boot = _Compiled(boot) if boot is not None else None
@@ -385,6 +386,8 @@ class Block(nn.Module):
             raise UnrollError(
                 f"a block takes a tensor or a mapping of states, not {type(x).__name__}"
             )
+        if self.options is not None:
+            _check_width(self.options, form, current)
         new = self.step(history)
         return new[single] if single else new
 
@@ -449,10 +452,11 @@ class Network(nn.Module):
         per-layer states and F when asked for."""
         from ..codegen.tied import network_forward
 
+        current, single = initial_states(self.form, x0)
+        _check_width(self.options, self.form, current)
         out = network_forward(self, x0, trace=return_states or return_objective)
         if out is not None:
             return out
-        current, single = initial_states(self.form, x0)
         history = {k: [v] * max(self.form.states[k].depth, 1) for k, v in current.items()}
         path = [dict(current)] if (return_states or return_objective) else None
         ref = next(v for k, v in current.items() if not self.form.states[k].scalar)
@@ -494,6 +498,23 @@ class Network(nn.Module):
         x = stacked[primary_state(self.form)]
         F = self.scheme.objective(name)
         return torch.stack([F.evaluate(xk, linear[0].weight, bias) for xk in x])
+
+
+def _check_width(opts: Options, form: Scheme, current: Mapping[str, torch.Tensor]) -> None:
+    """Every tensor state has the width W was built for: the last axis for dim=, the channel
+    axis of (B, C, H, W) or (C, H, W) for channels=."""
+    width, axis = (opts.dim, -1) if opts.dim is not None else (opts.channels, -3)
+    if width is None:
+        return
+    option = "dim" if opts.dim is not None else "channels"
+    for name, value in current.items():
+        if form.states[name].scalar:
+            continue
+        if value.dim() < -axis or value.shape[axis] != width:
+            raise UnrollError(
+                f"x0[{name!r}] has shape {tuple(value.shape)}, but the network was built with "
+                f"{option}={width} (axis {axis} must be {width})"
+            )
 
 
 def _objective_backed(scheme: Scheme) -> bool:
@@ -546,6 +567,7 @@ def _block(program: Program, boot: Program | None, opts: Options, scheme: Scheme
     # The fused kernels know activations by name (a callable has none: PyTorch runs it).
     named = opts.activation if opts.activation is not None else form.activation
     block.activation_name = named if isinstance(named, str) else None
+    block.options = opts
     return block
 
 
@@ -602,7 +624,10 @@ def _coefficients(form: Scheme, boot: Program | None, opts: Options) -> Coeffici
 
 
 def _initial(name: str, value: Any, bounds, per_channel: bool, opts: Options) -> torch.Tensor:
-    t = torch.as_tensor(value, dtype=torch.get_default_dtype()).clone()
+    try:
+        t = torch.as_tensor(value, dtype=torch.get_default_dtype()).clone()
+    except (TypeError, ValueError, RuntimeError):
+        raise UnrollError(f"params[{name!r}] must be a number or a tensor, not {value!r}") from None
     if per_channel:
         if opts.width is None:
             raise UnrollError(f"parameter {name} is per channel: pass dim= or channels=")
