@@ -330,6 +330,25 @@ def test_unroll_grow_stays_the_function_after_importing_its_module():
     assert len(report.splits) == 1
 
 
+def test_parallel_forms_grow_at_order_one_and_are_refused_at_order_two():
+    """Order 1 is an ordinary sum of branches (the prediction holds); at order 2 the neurons
+    also act through Jacobian-vector products, which S does not model."""
+    stack = _resnet()[1:3]
+    for order in (1, 2):
+        model = nn.Sequential(_mlp()[0], nn.Tanh(), nn.Linear(6, 4, dtype=DT))
+        model.append(unroll.parallelize(stack, order, share=False))
+        model.append(nn.Linear(4, 3, dtype=DT))
+        data = _data(model)
+        if order == 2:
+            with pytest.raises(UnrollError, match=r"layer 3\.branches\.0\.0 .*order-2 Parallel 3"):
+                unroll.grow(model, data, loss_fn)
+            continue
+        assert [s.name for s in find_sites(model)] == ["0", "3.branches.0.0", "3.branches.1.0"]
+        grown, report = unroll.grow(model, data, loss_fn, eps=1e-3, fraction=0.5)
+        ratio = (_loss(grown, data) - _loss(model, data)) / report.predicted_change
+        assert abs(ratio - 1) < 1e-3  # |ratio − 1| ≤ ε, as in the test above
+
+
 @pytest.mark.parametrize("scheme", ["forward_euler", "midpoint"])
 def test_scheme_network_branches_grow(scheme):
     """Branches of a scheme-built network: midpoint calls each f twice per step, so S sums

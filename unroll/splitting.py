@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import UnrollError
+from .parallel import Parallel
 
 __all__ = [
     "GrowthReport",
@@ -122,8 +123,11 @@ def find_sites(model: nn.Module) -> list[Site]:
     `SMOOTH_ACTIVATIONS`, then optionally by channel-wise modules (dropout, pooling; for a
     convolution also one ``Flatten``), then by the ``Linear`` / ``Conv2d`` that reads its
     output. A layer or consumer registered in more than one place of the model (a shared
-    module) is skipped: growing it would change both places at once.
+    module) is skipped: growing it would change both places at once. A layer inside an
+    order-2 `unroll.parallel.Parallel` is refused: its neurons also act through Jacobian-vector
+    products, which the splitting matrix does not account for.
     """
+    jvp_parts = [n for n, m in model.named_modules() if isinstance(m, Parallel) and m.order == 2]
     sites = []
     for parent_name, seq in model.named_modules():
         if not isinstance(seq, nn.Sequential):
@@ -153,6 +157,13 @@ def find_sites(model: nn.Module) -> list[Site]:
                 )
                 if ok:
                     name = f"{parent_name}.{i}" if parent_name else str(i)
+                    inside = [p for p in jvp_parts if name.startswith(f"{p}.") or not p]
+                    if inside:
+                        raise UnrollError(
+                            f"layer {name} lies in the order-2 Parallel {inside[0] or 'model'}: "
+                            "its neurons also act through J_f·f cross terms, which splitting "
+                            "matrices do not model; grow the order-1 form or the deep stack"
+                        )
                     sites.append(Site(name, parent_name, i, j, flatten))
                 break
     # A module registered in two places is shared: growing it would change both at once.
