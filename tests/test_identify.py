@@ -9,9 +9,6 @@ from unroll.identification import ARCHITECTURES, densenet_text, identify
 
 # Bundled schemes without an `architecture:` key, and what identify says of them.
 UNDECLARED = {
-    # Leapfrog x_<k+1> = x_<k-1> + 2h f(x_k) is the LM-ResNet block at κ = 1, the closed end of
-    # the zero-stable interval −1 < κ ≤ 1 (and 2h the branch gain), so it is reported as such.
-    "leapfrog": "LM-ResNet",
     # Adams-Bashforth reads f at an older state (f(x_<k-1>)), which no architecture does.
     "ab2": None,
     "ab3": None,
@@ -103,6 +100,8 @@ NEAR_MISSES = [
     "x_<k+1> = φ(W(x_k + x_<k-2>) + b)",  # DenseNet skipping x_<k-1>
     "x_<k+1> = x_k f(x_k)",  # not a linear combination
     "x_<k+1> = x_k + f(x_k) + c",  # ResNet plus a constant
+    "x_<k+1> = f_2(f_1(x_k))",  # two stacked branches: FractalNet without its short column
+    "z = x_k + f_1(x_k); x_<k+1> = x_k + f_2(z)",  # the same with skips: no join of columns
     "x_<k+1> = x_k - α∇F(x_k) - γ∇F(x_<k-1>)",  # an optimizer step with no layer form
 ]
 

@@ -48,7 +48,8 @@ TEMPLATES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("ResNet", "x_<k+1> = x_k + f(x_k)", ()),
     ("PolyNet", "x_<k+1> = x_k + f(x_k) + f(f(x_k))", ()),
     ("LM-ResNet", "x_<k+1> = (1 - κ) x_k + κ x_<k-1> + f(x_k)", ("κ",)),
-    ("FractalNet", "z = c_3 x_k + f_1(x_k); x_<k+1> = c_1 x_k + c_2 z + f_2(z)", ()),
+    # c_2 ≠ 0: the short column f_1 reaches the join (else it is a plain stack f_2∘f_1).
+    ("FractalNet", "z = c_3 x_k + f_1(x_k); x_<k+1> = c_1 x_k + c_2 z + f_2(z)", ("c_2",)),
     ("RevNet", "X_<k+1> = X_k + f(Y_k); Y_<k+1> = Y_k + g(X_<k+1>)", ()),
     ("HB-Net", "x_<k+1> = φ(W x_k + b + β(x_k - x_<k-1>))", ("β",)),
     ("AGD-Net", "y = x_k + β(x_k - x_<k-1>); x_<k+1> = φ(W y + b)", ("β",)),
