@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -23,12 +23,15 @@ from .parallel import Residual
 
 __all__ = [
     "Digits",
+    "check_sizes",
+    "command_line",
     "count",
     "evaluate",
     "load",
     "machine",
     "scheme_net",
     "one_thread",
+    "progress",
     "residual_net",
     "train",
 ]
@@ -179,3 +182,49 @@ def machine() -> str:
         f"{datetime.date.today().isoformat()}, {cpu} ({os.cpu_count()} CPUs), "
         f"{platform.system()}, torch {torch.__version__}"
     )
+
+
+# -- the commands' shared parts ----------------------------------------------------------------
+def check_sizes(sizes: Mapping[str, int], lr: float) -> None:
+    """UnrollError naming the first option ``--name`` below 1, or a learning rate not > 0."""
+    for name, value in sizes.items():
+        if value < 1:
+            raise UnrollError(f"--{name} must be positive, got {value}")
+    if not lr > 0:
+        raise UnrollError(f"--lr must be positive, got {lr}")
+
+
+@contextmanager
+def progress(total: int) -> Iterator[Callable[..., None]]:
+    """A bar of ``total`` training epochs on stderr (hidden when stderr is no terminal);
+    yields the function to call after each epoch (it ignores its arguments)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    err = Console(stderr=True)
+    with Progress(
+        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), console=err, transient=True, disable=not err.is_terminal,
+    ) as bar:  # fmt: skip
+        task = bar.add_task("training epochs", total=total)
+        yield lambda *_: bar.advance(task)
+
+
+def command_line() -> str:
+    """The running click command's line with every option spelled out, to reproduce a run
+    (lists comma-separated, flags by name)."""
+    import shlex
+
+    import click
+
+    ctx = click.get_current_context()
+    args = [ctx.info_name]
+    for p in ctx.command.params:
+        value = ctx.params[p.name]
+        if isinstance(p, click.Option) and p.is_flag:
+            args.append(p.opts[0] if value else p.secondary_opts[0])
+        elif isinstance(value, list | tuple):
+            args += [p.opts[0], ",".join(map(str, value))]
+        elif value is not None:
+            args += [p.opts[0], str(value)]
+    return shlex.join(["unroll", *args])
