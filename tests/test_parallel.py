@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -262,3 +264,17 @@ def test_scheme_networks_that_are_not_residual_stacks_are_named():
     noisy = unroll.schemes["forward_euler"].network(2, dim=5, f=f, survival=0.5, backend="torch")
     with pytest.raises(UnrollError, match="survival"):
         unroll.parallelize(noisy)
+
+
+def test_order_two_of_a_triton_backed_network_is_the_eager_one():
+    """The fused Triton block update has no forward-mode derivative; the cross terms J_f·s
+    must still be those of the PyTorch update (same weights, both float64)."""
+    fused = _scheme_net("forward_euler", 2, 0.1, backend="triton")
+    eager = copy.deepcopy(fused)
+    for block in eager.blocks:
+        block.backend = "torch"
+    x = _x()
+    with torch.no_grad():
+        got, want = unroll.parallelize(fused, 2)(x), unroll.parallelize(eager, 2)(x)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-14)  # the same float64 operations
+    assert all(block.backend == "triton" for block in fused.blocks)  # left as it was

@@ -43,7 +43,10 @@ class Increment(nn.Module):
     the block's step n (n enters through the time t = n·h of a non-autonomous scheme).
 
     Only for one-step schemes with one state, where x → x + f(x) is the whole block (see
-    `_one_step`). Maps x of shape (batch, ...) to the same shape.
+    `_one_step`). Maps x of shape (batch, ...) to the same shape. The block update runs in
+    PyTorch whatever the block's backend: order 2 differentiates it in forward mode
+    (``torch.func.jvp``), which the fused Triton update does not support (its tangents come
+    out zero, silently).
     """
 
     def __init__(self, block: Block, n: int = 0):
@@ -52,7 +55,11 @@ class Increment(nn.Module):
         self.state = _one_step(block.program.form)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.block.step({self.state: [x]}, self.n)[self.state] - x
+        backend, self.block.backend = self.block.backend, "torch"
+        try:
+            return self.block.step({self.state: [x]}, self.n)[self.state] - x
+        finally:
+            self.block.backend = backend
 
     def extra_repr(self) -> str:
         return f"n={self.n}"
