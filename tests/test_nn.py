@@ -327,12 +327,32 @@ def test_bfloat16_forward_runs():
     torch.testing.assert_close(got.float(), want, rtol=0, atol=0.1)
 
 
-def test_torch_compile():
+COMPILED_NETWORKS = [
+    ("lm_resnet", {"f": nn.Linear(4, 4)}),
+    ("hb_net", {"dim": 4, "tied": True}),
+    ("agd_net", {"dim": 4}),
+    ("nesterov_schedule", {"dim": 4, "activation": "tanh"}),
+    ("rk4", {"f": nn.Linear(4, 4)}),
+]
+
+
+@pytest.mark.parametrize("name, options", COMPILED_NETWORKS, ids=[n for n, _ in COMPILED_NETWORKS])
+def test_torch_compile_traces_the_whole_network_without_graph_breaks(name, options):
     torch.manual_seed(0)
-    net = unroll.schemes["lm_resnet"].network(2, f=nn.Linear(4, 4))
+    net = unroll.schemes[name].network(6, **options)
     x0 = torch.randn(2, 4)
-    compiled = torch.compile(net, backend="eager")
+    # fullgraph=True raises at the first graph break; "eager" runs the captured graph as is.
+    compiled = torch.compile(net, backend="eager", fullgraph=True)
     torch.testing.assert_close(compiled(x0), net(x0), rtol=0, atol=0)  # the same eager kernels
+
+
+def test_torch_compile_with_inductor():
+    torch.manual_seed(0)
+    net = unroll.schemes["hb_net"].network(4, dim=8, tied=True)
+    x0 = torch.randn(3, 8)
+    compiled = torch.compile(net, fullgraph=True)
+    # Inductor fuses and reorders float32 arithmetic: a few ulps of values of order 1.
+    torch.testing.assert_close(compiled(x0), net(x0), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.gpu

@@ -1,11 +1,15 @@
 """SymPy expression -> Python closure over torch values (the eager lowering of one expression).
 
 The closure tree is built once per equation and then called every step, so running a scheme
-costs one Python call per SymPy node and no string is ever generated or executed.
+costs one Python call per SymPy node and no string is ever generated or executed. Leaves
+(state values, stages, parameters, the index and the time) are resolved to positions of a
+`Frame` when the closure is built, so a step reads a plain list: no SymPy object is touched
+while tensors flow, which keeps the closures traceable by ``torch.compile`` without graph breaks.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping
 from functools import reduce
@@ -17,9 +21,24 @@ import torch
 from . import ir
 from .errors import UnrollError
 
-Env = Mapping[Any, Any]  # SymPy leaf (Indexed or Symbol) -> value
+Env = list  # one value per slot of a Frame
 Ops = Mapping[str, Callable]  # operator name ("∇F", "φ", "f", "W1", ...) -> callable
 Closure = Callable[[Env, Ops], Any]
+
+
+class Frame:
+    """The slots of a program: one position per SymPy leaf, given out in order of first use."""
+
+    def __init__(self) -> None:
+        self.slots: dict[sp.Basic, int] = {}
+
+    def slot(self, leaf: sp.Basic) -> int:
+        """The position of ``leaf``, a new one if it has none yet."""
+        return self.slots.setdefault(leaf, len(self.slots))
+
+    def values(self) -> Env:
+        """A fresh, empty environment with one entry per slot."""
+        return [None] * len(self.slots)
 
 
 def _elementwise(name: str) -> Callable[[Any], Any]:
@@ -34,11 +53,12 @@ _ELEMENTARY = {
 }
 
 
-def compile_expr(expr: sp.Basic) -> Closure:
-    """A closure computing ``expr`` from an environment of leaf values and operator callables."""
+def compile_expr(expr: sp.Basic, frame: Frame) -> Closure:
+    """A closure computing ``expr`` from an environment (``frame.values()`` filled at the
+    positions ``frame.slot(leaf)``) and the operator callables."""
     if isinstance(expr, (sp.Indexed, sp.Symbol)):
-        leaf = expr
-        return lambda env, ops: env[leaf]
+        i = frame.slot(expr)
+        return lambda env, ops: env[i]
     if isinstance(expr, sp.Number):
         if not expr.is_finite:
             raise UnrollError(f"non-finite number {expr}")
@@ -47,13 +67,13 @@ def compile_expr(expr: sp.Basic) -> Closure:
     if expr is sp.pi:
         return lambda env, ops: math.pi
     if isinstance(expr, sp.Add):
-        parts = [compile_expr(a) for a in expr.args]
+        parts = [compile_expr(a, frame) for a in expr.args]
         return lambda env, ops: reduce(lambda a, b: a + b, (p(env, ops) for p in parts))
     if isinstance(expr, sp.Mul):
-        parts = [compile_expr(a) for a in expr.args]
+        parts = [compile_expr(a, frame) for a in expr.args]
         return lambda env, ops: reduce(lambda a, b: a * b, (p(env, ops) for p in parts))
     if isinstance(expr, sp.Pow):
-        base = compile_expr(expr.base)
+        base = compile_expr(expr.base, frame)
         e = expr.exp
         if e.is_Integer:
             n = int(e)
@@ -61,11 +81,11 @@ def compile_expr(expr: sp.Basic) -> Closure:
         if e == sp.Rational(1, 2):
             sqrt = _elementwise("sqrt")
             return lambda env, ops: sqrt(base(env, ops))
-        power = compile_expr(e)
+        power = compile_expr(e, frame)
         return lambda env, ops: base(env, ops) ** power(env, ops)
     if isinstance(expr, sp.Function):
         kind = ir.operator_kind(expr)
-        args = [compile_expr(a) for a in expr.args]
+        args = [compile_expr(a, frame) for a in expr.args]
         if kind == "elementary":
             fn = _ELEMENTARY[expr.func]
             return lambda env, ops: fn(args[0](env, ops))
@@ -73,3 +93,19 @@ def compile_expr(expr: sp.Basic) -> Closure:
             name = expr.func.__name__
             return lambda env, ops: ops[name](*(a(env, ops) for a in args))
     raise UnrollError(f"cannot evaluate {expr} ({type(expr).__name__}) with PyTorch")
+
+
+@functools.lru_cache(maxsize=1024)
+def _compiled(expr: sp.Basic) -> tuple[Frame, Closure]:
+    frame = Frame()
+    return frame, compile_expr(expr, frame)
+
+
+def evaluate(expr: sp.Basic, values: Mapping[sp.Basic, Any], ops: Ops) -> Any:
+    """``expr`` at ``values`` (leaf -> value), for one-off evaluations; the closures are built
+    once per expression and kept. Programs that run every step build their own `Frame`."""
+    frame, fn = _compiled(expr)
+    env = frame.values()
+    for leaf, i in frame.slots.items():
+        env[i] = values[leaf]
+    return fn(env, ops)

@@ -15,7 +15,7 @@ import torch
 
 from . import ir
 from .errors import UnrollError
-from .evaluate import compile_expr
+from .evaluate import Frame, compile_expr
 from .parse import GREEK
 
 if False:  # pragma: no cover - typing only
@@ -139,23 +139,33 @@ class Stepper:
             raise UnrollError(
                 f"missing value for parameter {missing[0]} (pass {missing[0]}=..., it has no default)"
             )
-        self.params = {sp.Symbol(n): v for n, v in params.items()}
-        self.program = [(eq.lhs, compile_expr(eq.rhs)) for eq in scheme.equations]
+        frame = Frame()
+        self.params = [(frame.slot(sp.Symbol(n)), params[n]) for n in scheme.parameters]
+        self.index, self.time = frame.slot(scheme.index), frame.slot(ir.T)
+        self.history = {
+            n: [frame.slot(scheme.state_value(n, -j)) for j in range(max(st.depth, 1))]
+            for n, st in scheme.states.items()
+        }
+        self.program = [
+            (eq.lhs.base.label.name if isinstance(eq.lhs, sp.Indexed) else None,
+             frame.slot(eq.lhs), compile_expr(eq.rhs, frame))
+            for eq in scheme.equations
+        ]  # fmt: skip
+        self.frame = frame
 
     def step(self, history: Mapping[str, list], k: int, t: Any) -> dict[str, Any]:
-        s = self.scheme
-        env: dict[Any, Any] = dict(self.params)
-        env[s.index] = k
-        env[ir.T] = t
-        for name, values in history.items():
-            for j, value in enumerate(values[: max(s.states[name].depth, 1)]):
-                env[s.state_value(name, -j)] = value
+        env = self.frame.values()
+        for i, value in self.params:
+            env[i] = value
+        env[self.index], env[self.time] = k, t
+        for name, slots in self.history.items():
+            for i, value in zip(slots, history[name], strict=False):
+                env[i] = value
         new: dict[str, Any] = {}
-        for lhs, fn in self.program:
-            value = fn(env, self.ops)
-            env[lhs] = value
-            if isinstance(lhs, sp.Indexed):
-                new[lhs.base.label.name] = value
+        for state, i, fn in self.program:
+            env[i] = fn(env, self.ops)
+            if state is not None:
+                new[state] = env[i]
         return new
 
 

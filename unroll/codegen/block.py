@@ -31,7 +31,7 @@ import sympy as sp
 
 from .. import ir
 from ..errors import UnrollError
-from ..evaluate import compile_expr
+from ..evaluate import evaluate
 from ..parse import GREEK
 from ..printing import equation_text, expr_text
 from ..scheme import Scheme
@@ -115,7 +115,7 @@ class Block:
 
     # -- the eager lowering ----------------------------------------------------------------
     def eager(self, tensors: Mapping[str, Any], coefficients: Mapping[str, Any]) -> dict[str, Any]:
-        """New states by PyTorch (`unroll.evaluate.compile_expr`), keyed by state name.
+        """New states by PyTorch (`unroll.evaluate.evaluate`), keyed by state name.
 
         ``tensors``: input name -> tensor (all of one shape); ``coefficients``: coefficient
         name -> value (a number, a 0-d tensor, or for a per-channel one a (C,) tensor, which is
@@ -128,7 +128,7 @@ class Block:
                 value = value.reshape(-1, *([1] * (ref.dim() - 2)))
             env[c.symbol] = value
         ops = _activation_ops(self)
-        return {o.state: _program(o.eager)(env, ops) for o in self.outputs}
+        return {o.state: evaluate(o.eager, env, ops) for o in self.outputs}
 
     def operator_outputs(
         self,
@@ -149,14 +149,10 @@ class Block:
         ops = {**_activation_ops(self), **ops}
         out: dict[str, Any] = {}
         for call in self.calls:
-            args = [_program(a)(env, ops) for a in call.args]
+            args = [evaluate(a, env, ops) for a in call.args]
             env[call.symbol] = ops[call.op](*args)
             out[call.symbol.name] = env[call.symbol]
         return out
-
-
-def _program(expr: sp.Expr):
-    return compile_expr(expr)
 
 
 def _activation_ops(block: Block) -> dict[str, Callable]:

@@ -165,7 +165,7 @@ def network_update(
             f"scheme {form.name!r}: the kernel's operator calls {[c.op for c in b.calls]} "
             f"differ from the network's {list(call_ops)}"
         )
-    from ..evaluate import compile_expr
+    from ..evaluate import evaluate
 
     env: dict[Any, Any] = {}
     for name, values in history.items():
@@ -180,7 +180,7 @@ def network_update(
     env[ir.T] = n * h if h is not None else n
     new: dict[str, Any] = {}
     for eq in b.host:  # scalar states and their stages, on the host
-        env[eq.lhs] = compile_expr(eq.rhs)(env, {})
+        env[eq.lhs] = evaluate(eq.rhs, env, {})
         if isinstance(eq.lhs, sp.Indexed):
             new[eq.lhs.base.label.name] = env[eq.lhs]
     by_symbol = {c.symbol: v for c, v in zip(b.calls, outputs, strict=True)}

@@ -32,7 +32,7 @@ from torch.nn.utils import parametrize
 
 from .. import ir
 from ..errors import UnrollError
-from ..evaluate import compile_expr
+from ..evaluate import Frame, compile_expr
 from ..run import canonical_params, initial_states, primary_state
 from ..scheme import Scheme
 from .form import layer_form
@@ -249,27 +249,36 @@ def _branch(opts: Options, name: str, count: int) -> nn.Module:
 
 # -- the block ---------------------------------------------------------------------------------
 class _Compiled:
-    """A program's closures (plain Python objects, not module state)."""
+    """A program's closures over the slots of one `Frame` (plain Python objects, not module
+    state): the calls' arguments, then the updates."""
 
     def __init__(self, program: Program):
         self.program = program
         form = program.form
-        self.index = form.index
+        frame = Frame()
+        self.params = [(p, frame.slot(sp.Symbol(p))) for p in form.parameters]
+        self.index, self.time = frame.slot(form.index), frame.slot(ir.T)
         self.keys = {
-            n: [form.state_value(n, -j) for j in range(max(s.depth, 1))]
+            n: [frame.slot(form.state_value(n, -j)) for j in range(max(s.depth, 1))]
             for n, s in form.states.items()
         }
-        self.params = {n: sp.Symbol(n) for n in form.parameters}
-        self.calls = [(c, compile_expr(c.arg)) for c in program.calls]
-        self.updates = [(eq.lhs, compile_expr(eq.rhs)) for eq in program.updates]
+        self.calls = [(c, frame.slot(c.symbol), compile_expr(c.arg, frame)) for c in program.calls]
+        self.updates = [
+            (eq.lhs.base.label.name if isinstance(eq.lhs, sp.Indexed) else None,
+             frame.slot(eq.lhs), compile_expr(eq.rhs, frame))
+            for eq in program.updates
+        ]  # fmt: skip
+        self.frame = frame
 
-    def env(self, history, coefficients, n: int) -> dict:
-        env: dict[Any, Any] = {self.params[p]: coefficients[p] for p in self.params}
+    def env(self, history, coefficients, n: int) -> list:
+        env = self.frame.values()
+        for p, i in self.params:
+            env[i] = coefficients[p]
         env[self.index] = n
-        env[ir.T] = n * coefficients["h"] if "h" in coefficients else n
-        for name, keys in self.keys.items():
-            for key, value in zip(keys, history[name][: len(keys)], strict=True):
-                env[key] = value
+        env[self.time] = n * coefficients["h"] if "h" in coefficients else n
+        for name, slots in self.keys.items():
+            for i, value in zip(slots, history[name][: len(slots)], strict=True):
+                env[i] = value
         return env
 
 
@@ -283,13 +292,13 @@ def block_update(
 ) -> dict[str, torch.Tensor]:
     """The eager block update: `Program.updates` evaluated in order. Returns ``{state: new}``."""
     env = compiled.env(history, coefficients, n)
-    for (call, _), value in zip(compiled.calls, outputs, strict=True):
-        env[call.symbol] = value
+    for (_, i, _), value in zip(compiled.calls, outputs, strict=True):
+        env[i] = value
     new: dict[str, torch.Tensor] = {}
-    for lhs, fn in compiled.updates:
-        env[lhs] = fn(env, ops)
-        if isinstance(lhs, sp.Indexed):
-            new[lhs.base.label.name] = env[lhs]
+    for state, i, fn in compiled.updates:
+        env[i] = fn(env, ops)
+        if state is not None:
+            new[state] = env[i]
     return new
 
 
@@ -339,9 +348,9 @@ class Block(nn.Module):
         ops = self._ops()
         env = compiled.env(history, coefficients, n)
         outputs = []
-        for call, arg in compiled.calls:
+        for call, i, arg in compiled.calls:
             value = self.operators[call.op](arg(env, ops))
-            env[call.symbol] = value
+            env[i] = value
             outputs.append(value * gain if gain is not None and call.kind == "branch" else value)
         return self.update(history, tuple(outputs), coefficients, n=n, boot=boot)
 
