@@ -16,6 +16,7 @@ from types import ModuleType
 from typing import Any, Literal
 
 import sympy as sp
+import torch
 
 from .. import cache
 from ..errors import UnrollError
@@ -130,6 +131,23 @@ def block_update(
     return BlockUpdate(block_of(scheme, activation), backend)
 
 
+def _forward_mode(history: Mapping[str, Any], outputs: Any) -> bool:
+    """True inside a torch.func transform or with forward-AD dual tensors: the custom op has no
+    forward-mode rule there, and torch would give it zero tangents without a word."""
+    if torch.compiler.is_compiling():
+        return False
+    from torch._C import _functorch
+    from torch.autograd import forward_ad
+
+    if _functorch.peek_interpreter_stack() is not None:
+        return True
+    tensors = [*outputs, *(v for values in history.values() for v in values)]
+    return any(
+        isinstance(t, torch.Tensor) and forward_ad.unpack_dual(t).tangent is not None
+        for t in tensors
+    )
+
+
 def network_update(
     form: Scheme,
     activation: str | None,
@@ -152,6 +170,13 @@ def network_update(
         return None
     if backend == "torch":
         return None
+    if _forward_mode(history, outputs):
+        if backend == "auto":
+            return None
+        raise UnrollError(
+            "backend='triton' has no forward-mode rule (torch.func.jvp, forward AD): its tangents "
+            "would be zero; use backend='auto' or 'torch' there"
+        )
     if _uses_act(form) and activation is None:
         raise UnrollError(
             "backend='triton' needs the activation by name (a callable has no kernel)"
