@@ -369,6 +369,26 @@ def test_network_backend_triton_matches_torch(name, options):
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
+def test_forward_mode_is_refused_by_triton_and_eager_under_auto():
+    """The custom op has no forward-mode rule: torch.func.jvp would give it zero tangents
+    silently. backend='triton' refuses; 'auto' takes the eager update, whose jvp is right."""
+    scheme = unroll.schemes["forward_euler"]
+    torch.manual_seed(0)
+    f = torch.nn.Linear(4, 4).double()
+    x0, v = torch.randn(2, 4, dtype=torch.float64), torch.randn(2, 4, dtype=torch.float64)
+    eager = scheme.network(3, f=f, backend="torch").double()
+    _, want = torch.func.jvp(eager, (x0,), (v,))
+    # Reference: the tangent of x -> x + h f(x) three times is (I + h A)^3 v.
+    A = torch.eye(4, dtype=torch.float64) + f.weight  # h = 1
+    torch.testing.assert_close(want, v @ torch.linalg.matrix_power(A, 3).T)
+    fused = scheme.network(3, f=f, backend="triton").double()
+    with pytest.raises(unroll.UnrollError, match="no forward-mode rule"):
+        torch.func.jvp(fused, (x0,), (v,))
+    auto = scheme.network(3, f=f, backend="auto").double()
+    _, got = torch.func.jvp(auto, (x0,), (v,))
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
 @pytest.mark.gpu
 @pytest.mark.slow
 def test_more_than_2_to_the_31_elements_on_gpu():
