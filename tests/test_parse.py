@@ -98,6 +98,27 @@ def test_powers_numbers_and_precedence():
         ("x_<k+1> = x_k + x_<j+1>", "does not use the index letter", 18),
         ("a = f(x_k); x_<k+1> = a_<k-1>", "a is a stage", 23),
         ("x_<k+1> = x_k / 0", "division by zero", 15),
+        # Numbers that used to be misread, overflow, hang or come out complex.
+        ("x_<k+1> = x_k + 1.2.3 ∇F", "malformed number 1.2.", 20),
+        ("x_<k+1> = x_k + β² ∇F", "unexpected character '²'", 18),
+        ("x_<k+1> = x_k + ½ ∇F", "unexpected character '½'", 17),
+        ("x_<k+1> = x_k + ٣ ∇F", "unexpected character '٣'", 17),
+        ("x_<k+1> = x_k + 0^-1 ∇F", "non-finite", 18),
+        ("x_<k+1> = x_k + log(0) ∇F", "non-finite", 17),
+        ("x_<k+1> = x_k + sqrt(-1) ∇F", "not a real number", 17),
+        ("x_<k+1> = x_k + (-8)^(1/3) ∇F", "not a real number", 21),
+        ("x_<k+1> = x_k + 10^10^10 ∇F", "too large", 19),
+        ("x_<k+1> = x_k + 0.1e-400000 ∇F", "too small for float64", 17),
+        ("x_<k+1> = x_k + 1." + "0" * 2000 + "1 ∇F", "too large (or too long)", 17),
+        ("x_<k+1> = x_k + x_<k-2000>", "more than 1000 steps away", 20),
+        # Names a stage cannot take.
+        ("k = 1; x_<k+1> = x_k + f(x_k)", "k is the index letter", 1),
+        ("t = 1; x_<k+1> = x_k + f(x_k)", "t is the time", 1),
+        ("f = 1; x_<k+1> = x_k + f(x_k)", "f names an operator", 1),
+        ("φ = 1; x_<k+1> = φ(x_k)", "φ names an operator", 1),
+        ("x_<t+1> = x_t + f(x_t)", "t is the time", 1),
+        # Messages show offsets as written, also when the newest value is not at k+1.
+        ("x_<k+2> = x_<k+3>", "x_<k+3> is ahead of the newest value x_<k+2>", 11),
     ],
 )
 def test_malformed_input_names_what_and_where(text, message, column):
@@ -109,6 +130,41 @@ def test_malformed_input_names_what_and_where(text, message, column):
     # The caret sits under the reported column.
     caret_line = text_of_error.splitlines()[-1]
     assert caret_line.index("^") - 2 == column - 1
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "x_<k+1> = x_k + β(x_k - x_<k-1>) - α ∇F (x_k)",  # a space before ∇F's point, as f (x)
+        r"x_{k+1} = x_{k} + {\beta}\left(x_{k} - x_{k-1}\right) - \alpha\,\nabla F\left(x_{k}\right)",
+        r"x_{k+1} = x_k + \frac{2\beta}{2} (x_k - x_{k-1}) - \alpha \cdot \nabla F",
+        "x_<k+1> = x_k + β·(x_k − x_<k-1>) − α×∇F",  # unicode operators
+        "x_<k+1> = x_k + β(x_k - x_<k-1>)\u00a0-\u2009α∇F",  # no-break and thin spaces
+    ],
+)
+def test_latex_and_unicode_spellings(text):
+    assert parse(text) == parse("x_<k+1> = x_k + β(x_k - x_<k-1>) - α∇F")
+
+
+def test_subscripted_names_in_braces_and_the_latex_step():
+    assert parse(r"x_{n+1} = x_n + c_{1} \Delta t f(x_n) + \eta_{2} \sqrt{x_n}") == parse(
+        "x_<n+1> = x_n + c_1 Δt f(x_n) + η_2 sqrt(x_n)"
+    )
+
+
+def test_long_and_deep_inputs_are_refused_at_a_position_or_parsed():
+    many = "x_<k+1> = " + "- " * 5000 + "x_k + ∇F" + " + α" * 2000
+    assert sp.expand(rhs(many) - (x[k] + grad(x[k]) + 2000 * α)) == 0
+    deep = "x_<k+1> = x_k + " + "(x_k " * 300 + ")" * 300
+    with pytest.raises(unroll.UnrollError, match="nested more than 50 levels") as info:
+        parse(deep)
+    # The caret sits under the 51st '(' (shown in a window of the long line).
+    lines = str(info.value).splitlines()
+    assert lines[2].index("^") - 2 == lines[1].index("(x_k", 60) - 2
+    assert len(lines[1]) < 130
+    towers = "x_<k+1> = x_k + ∇F x_k" + "^x_k" * 2000
+    with pytest.raises(unroll.UnrollError, match="nested more than 50 levels"):
+        parse(towers)
 
 
 @pytest.mark.parametrize("text", ["", "  \n ; \n"])

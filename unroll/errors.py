@@ -20,4 +20,15 @@ def at(text: str, column: int, message: str) -> UnrollError:
     col = column - line_start
     lineno = text.count("\n", 0, column) + 1
     where = f"line {lineno}, column {col + 1}" if "\n" in text else f"column {col + 1}"
-    return UnrollError(f"{message} (at {where})\n  {line}\n  {' ' * col}^")
+    # A long line is shown as a window around the column, so the message stays readable.
+    lo = max(0, col - _WINDOW)
+    shown = line[lo : col + _WINDOW]
+    caret = col - lo
+    if lo:
+        shown, caret = "…" + shown, caret + 1
+    if col + _WINDOW < len(line):
+        shown += "…"
+    return UnrollError(f"{message} (at {where})\n  {shown}\n  {' ' * caret}^")
+
+
+_WINDOW = 60  # characters of context either side of the column

@@ -9,8 +9,8 @@ Grammar (juxtaposition is multiplication, at the precedence of ``*`` and ``/``):
     scheme    := equation ((';' | newline) equation)*
     equation  := target '=' sum
     target    := NAME | NAME subscript
-    sum       := ['+'|'-'] product (('+'|'-') product)*
-    product   := unary (('*'|'/')? unary)*
+    sum       := product (('+'|'-') product)*
+    product   := ('+'|'-')* power (('*'|'/') unary | power)*   (the signs negate the product)
     unary     := ('+'|'-') unary | power
     power     := atom (('^'|'**') unary)?
     atom      := NUMBER | '(' sum ')' | '∇F' ['(' sum ')'] | 'grad F' [...]
@@ -38,19 +38,40 @@ GREEK = {
 ACTIVATION_NAMES = {"φ", "ϕ", "σ", "phi", "varphi", "sigma"}
 NON_FINITE = {"inf", "nan", "oo", "infinity", "Infinity", "NaN", "∞"}
 
+# Whitespace is any Unicode space but the newline (which ends an equation), and LaTeX's spacing
+# commands. Numbers and subscript digits are ASCII; a name is letters and digits (checked below).
 _TOKEN = re.compile(
     r"""
-    (?P<ws>[ \t\r]+)
+    (?P<ws>(?:[^\S\n]|\\[,;:! ])+)
   | (?P<newline>\n)
-  | (?P<number>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)
+  | (?P<number>(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)
   | (?P<latex>\\[A-Za-z]+)
   | (?P<name>[^\W\d_][^\W_]*)
   | (?P<nabla>∇)
   | (?P<op>\*\*|[-+*/^()=;,<>{}_])
+  | (?P<unicode_op>[−·×])
   | (?P<infinity>∞)
     """,
     re.VERBOSE,
 )
+_DELTA_T = re.compile(r"\\Delta[^\S\n]*t(?![^\W_])")
+_UNICODE_OPS = {"−": "-", "·": "*", "×": "*"}
+_NAME_DIGITS = set("0123456789₀₁₂₃₄₅₆₇₈₉")
+_LATEX_SKIPPED = {"left", "right"}  # \left( ... \right): plain parentheses
+# Bounds that keep every number exact, printable (Python prints ints of up to 4300 digits) and
+# quick to build: a literal or a power past these is refused rather than hanging or overflowing.
+MAX_NUMBER_BITS = 4096
+MAX_NESTING = 50  # parentheses, calls and exponents, each a level of recursion in the parser
+MAX_OFFSET = 1000  # how far back a state value may reach (x_<k-1000>)
+
+
+def _check_name(text: str, pos: int, name: str) -> None:
+    """A name is letters, ASCII digits and subscript digits: ``β²`` or ``x½`` is refused, not
+    read as a parameter of that name."""
+    for i, c in enumerate(name):
+        if not (c.isalpha() or c in _NAME_DIGITS):
+            hint = "; write a power as β^2" if c in "⁰¹²³⁴⁵⁶⁷⁸⁹" else ""
+            raise at(text, pos + i, f"unexpected character {c!r} in the name {name!r}{hint}")
 
 
 @dataclass(frozen=True)
@@ -82,16 +103,28 @@ def tokenize(text: str) -> list[Token]:
             word = value[1:]
             if word == "nabla":
                 tokens.append(Token("nabla", "∇", pos, space))
-            elif word in GREEK or word in ACTIVATION_NAMES:
+            elif word == "Delta" and _DELTA_T.match(text, pos):
+                # \Delta t is the step Δt, one name (as the unicode spelling Δt is).
+                m = _DELTA_T.match(text, pos)
+                tokens.append(Token("name", "Δt", pos, space))
+            elif word in GREEK or word in ACTIVATION_NAMES or word in ir.ELEMENTARY:
                 tokens.append(Token("name", word, pos, space))
             elif word in ("cdot", "times"):
                 tokens.append(Token("op", "*", pos, space))
             elif word == "frac":
-                raise at(text, pos, r"\frac is not supported; write a/b")
-            else:
+                tokens.append(Token("frac", value, pos, space))
+            elif word not in _LATEX_SKIPPED:
                 raise at(text, pos, f"unknown LaTeX command {value}")
+            if word not in _LATEX_SKIPPED:
+                space = False
+        elif kind == "unicode_op":
+            tokens.append(Token("op", _UNICODE_OPS[value], pos, space))
             space = False
         else:
+            if kind == "name":
+                _check_name(text, pos, value)
+            if kind == "number" and text[m.end() : m.end() + 1] == ".":
+                raise at(text, m.end(), f"malformed number {value}.")
             tokens.append(Token(kind, value, pos, space))
             space = False
         pos = m.end()
@@ -163,8 +196,8 @@ def _split(text: str, tokens: list[Token]) -> list[_Statement]:
     return statements
 
 
-def _read_subscript(text: str, toks: list[Token], i: int) -> tuple[str, list[Token], int]:
-    """At toks[i] == '_': return (form, content tokens, next index). form: 'angle'|'brace'|'word'."""
+def _read_subscript(text: str, toks: list[Token], i: int) -> tuple[list[Token], int]:
+    """At toks[i] == '_': return (the subscript's tokens, the index after it)."""
     nxt = toks[i + 1]
     if nxt.kind == "op" and nxt.text in "<{":
         close = ">" if nxt.text == "<" else "}"
@@ -177,17 +210,25 @@ def _read_subscript(text: str, toks: list[Token], i: int) -> tuple[str, list[Tok
                     f"subscript opened with {nxt.text!r} is never closed by {close!r}",
                 )
             j += 1
-        return ("angle" if close == ">" else "brace"), toks[i + 2 : j], j + 1
+        return toks[i + 2 : j], j + 1
     if nxt.kind in ("name", "number") and not nxt.space_before:
-        return "word", [nxt], i + 2
+        return [nxt], i + 2
     raise at(text, toks[i].col, "expected a subscript after '_' (x_k, x_<k+1> or x_{k-1})")
+
+
+def _label(content: list[Token]) -> str | None:
+    """The subscript of a plain name (c_1, c_{12}, c_j): one name or one run of digits."""
+    if len(content) != 1:
+        return None
+    tok = content[0]
+    return tok.text if tok.kind == "name" or tok.text.isdigit() else None
 
 
 def _index(text: str, content: list[Token], where: int) -> tuple[str | None, int]:
     """Parse an index: LETTER [(+|-) INT]... or INT. Returns (letter or None, offset)."""
     if not content:
         raise at(text, where, "empty subscript")
-    letter, offset, sign, i = None, 0, 1, 0
+    letter, offset, sign = None, 0, 1
     expect_term = True
     for tok in content:
         if expect_term:
@@ -207,9 +248,10 @@ def _index(text: str, content: list[Token], where: int) -> tuple[str | None, int
             expect_term = True
         else:
             raise at(text, tok.col, f"unexpected {tok.text!r} in a subscript; write k, k+1 or k-1")
-        i += 1
     if expect_term:
         raise at(text, content[-1].col, "subscript ends with an operator")
+    if abs(offset) > MAX_OFFSET:
+        raise at(text, content[0].col, f"an index more than {MAX_OFFSET} steps away")
     return letter, offset
 
 
@@ -222,10 +264,11 @@ def _target(text: str, toks: list[Token]) -> Target:
     if len(toks) == 1:
         return Target(name, None, None, first.col)
     if toks[1].kind == "op" and toks[1].text == "_":
-        form, content, j = _read_subscript(text, toks + [Token("end", "", toks[-1].col + 1)], 1)
+        content, j = _read_subscript(text, toks + [Token("end", "", toks[-1].col + 1)], 1)
         if j == len(toks):
-            if form == "word" and content[0].kind == "number":
-                return Target(f"{name}_{content[0].text}", None, None, first.col)
+            label = _label(content)
+            if label is not None and label.isdigit():
+                return Target(f"{name}_{label}", None, None, first.col)
             letter, off = _index(text, content, toks[1].col)
             if letter is None:
                 raise at(
@@ -237,9 +280,33 @@ def _target(text: str, toks: list[Token]) -> Target:
     raise at(text, first.col, "the left-hand side must be a single state (x_<k+1>) or stage name")
 
 
+def _check_target_name(text: str, target: Target, letter: str) -> None:
+    """Names the equations cannot assign: the index letter, the time, and (for a stage, which is
+    a plain symbol where an operator's name would read as a call) the operators."""
+    name = target.name
+    if letter == "t":
+        why = "t is the time; index the states by another letter, e.g. x_<k+1>"
+    elif name == letter:
+        why = f"{name} is the index letter and cannot be assigned"
+    elif name == "t":
+        why = "t is the time and cannot be assigned"
+    elif target.offset != 1 and (
+        name in ("F", "grad")
+        or name in ACTIVATION_NAMES
+        or name in ir.ELEMENTARY
+        or ir.is_branch_name(name)
+        or ir.is_linear_name(name)
+    ):
+        why = f"{name} names an operator and cannot be assigned"
+    else:
+        return
+    raise at(text, target.col, why)
+
+
 class _Parser:
     def __init__(self, text: str, toks: list[Token], ctx: _Context):
         self.text, self.toks, self.i, self.ctx = text, toks, 0, ctx
+        self.depth = 0  # nesting level, bounded by MAX_NESTING
 
     # -- token helpers -------------------------------------------------------------------
     @property
@@ -265,51 +332,85 @@ class _Parser:
 
     def starts_atom(self) -> bool:
         t = self.tok
-        return t.kind in ("number", "name", "nabla") or (t.kind == "op" and t.text == "(")
+        return t.kind in ("number", "name", "nabla", "frac") or (t.kind == "op" and t.text in "({")
+
+    def nested(self, tok: Token, parse):
+        """``parse()`` one level deeper (a group, a call, an exponent); past `MAX_NESTING` levels
+        the text is refused at ``tok`` instead of exhausting Python's recursion limit."""
+        if self.depth >= MAX_NESTING:
+            raise self.error(f"nested more than {MAX_NESTING} levels deep", tok)
+        self.depth += 1
+        try:
+            return parse()
+        finally:
+            self.depth -= 1
+
+    def checked(self, value: sp.Expr, tok: Token) -> sp.Expr:
+        """``value`` if every number in it is finite, real and of a printable size; else an
+        error at ``tok``, the operator or function that produced it."""
+        if value.has(sp.zoo, sp.oo, -sp.oo, sp.nan):
+            raise self.error("a non-finite value (division by zero or log(0))", tok)
+        for num in value.atoms(sp.Rational):
+            if max(num.p.bit_length(), num.q.bit_length()) > MAX_NUMBER_BITS:
+                raise self.error("a number too large (or too long) to hold exactly", tok)
+        for part in [value, *value.atoms(sp.Pow, sp.Function)]:
+            if part.is_number and part.is_extended_real is False:
+                raise self.error("not a real number", tok)
+        return value
 
     # -- grammar -------------------------------------------------------------------------
     def parse(self) -> sp.Expr:
         if self.tok.kind == "end":
             raise self.error("missing right-hand side after '='")
+        first = self.tok
         value = self.sum()
         if self.tok.kind != "end":
             raise self.error(f"unexpected {self.tok.text!r}")
-        return value
+        return self.checked(value, first)
 
     def sum(self) -> sp.Expr:
         value = self.product()
         while self.is_op("+", "-"):
             op = self.take()
-            if self.tok.kind == "end" or self.is_op(")", "*", "/", "^", "**", ","):
+            if self.tok.kind == "end" or self.is_op(")", "}", "*", "/", "^", "**", ","):
                 raise self.error(f"expected an expression after {op.text!r}")
             rhs = self.product()
             value = value + rhs if op.text == "+" else value - rhs
         return value
 
     def product(self) -> sp.Expr:
-        value = self.unary()
+        # A leading sign negates the whole product, -(a + b)/c = -((a + b)/c), as printing
+        # writes it; negating (a + b) first would distribute the sign and not print back alike.
+        negate = self.signs()
+        value = self.power()
         while True:
             if self.is_op("*", "/"):
                 op = self.take()
                 if not (self.starts_atom() or self.is_op("+", "-")):
                     raise self.error(f"expected an expression after {op.text!r}")
                 rhs = self.unary()
-                if op.text == "/" and rhs == 0:
-                    raise self.error("division by zero", op)
-                value = value * rhs if op.text == "*" else value / rhs
+                value = value * rhs if op.text == "*" else self.divide(value, rhs, op)
             elif self.starts_atom():
                 value = value * self.power()
             else:
-                return value
+                return -value if negate else value
+
+    def divide(self, num: sp.Expr, den: sp.Expr, op: Token) -> sp.Expr:
+        if den == 0:
+            raise self.error("division by zero", op)
+        return num / den
+
+    def signs(self) -> bool:
+        """Take a run of '+' and '-' (a loop: '- - - x' costs no recursion); True if odd '-'s."""
+        negate = False
+        while self.is_op("-", "+"):
+            negate ^= self.take().text == "-"
+        return negate
 
     def unary(self) -> sp.Expr:
-        if self.is_op("-"):
-            self.take()
-            return -self.unary()
-        if self.is_op("+"):
-            self.take()
-            return self.unary()
-        return self.power()
+        negate = self.signs()
+        value = self.power()
+        return -value if negate else value
 
     def power(self) -> sp.Expr:
         base = self.atom()
@@ -317,22 +418,36 @@ class _Parser:
             op = self.take()
             if not (self.starts_atom() or self.is_op("+", "-")):
                 raise self.error(f"expected an exponent after {op.text!r}")
-            return base ** self.unary()
+            exponent = self.nested(op, self.unary)
+            if base.is_Rational and exponent.is_Rational:
+                # Refuse before SymPy multiplies out a huge exact power (10^10^10).
+                size = max(base.p.bit_length(), base.q.bit_length()) * abs(exponent)
+                if size > MAX_NUMBER_BITS:
+                    raise self.error("a number too large to hold exactly", op)
+            return self.checked(base**exponent, op)
         return base
+
+    def group(self, close: str) -> sp.Expr:
+        """The inside of '(' ... ')' or '{' ... '}' (the opening one already taken)."""
+        opening = self.toks[self.i - 1]
+        value = self.nested(opening, self.sum)
+        self.expect(close, repr(close))
+        return value
 
     def atom(self) -> sp.Expr:
         tok = self.tok
         if tok.kind == "number":
             self.take()
-            if not math.isfinite(float(tok.text)):
-                raise self.error("a non-finite number", tok)
-            q = Fraction(tok.text)
-            return sp.Rational(q.numerator, q.denominator)
-        if self.is_op("("):
+            return self.number(tok)
+        if self.is_op("(", "{"):  # braces group, as in LaTeX: x^{2}, {\alpha}
             self.take()
-            value = self.sum()
-            self.expect(")", "')'")
-            return value
+            return self.group(")" if tok.text == "(" else "}")
+        if tok.kind == "frac":
+            self.take()
+            self.expect("{", r"'{' after \frac")
+            num = self.group("}")
+            self.expect("{", r"'{' for the denominator of \frac")
+            return self.divide(num, self.group("}"), tok)
         if tok.kind == "nabla":
             self.take()
             return self.gradient(tok)
@@ -342,27 +457,46 @@ class _Parser:
             raise self.error("expected an expression, found the end")
         raise self.error(f"unexpected {tok.text!r}")
 
+    def number(self, tok: Token) -> sp.Rational:
+        """The exact value of a literal (0.1 is 1/10), which must be a finite float64."""
+        as_float = float(tok.text)
+        if not math.isfinite(as_float):
+            raise self.error("a non-finite number (too large for float64)", tok)
+        mantissa = tok.text.lower().partition("e")[0]
+        if as_float == 0 and mantissa.strip("0.") != "":
+            raise self.error("a number too small for float64 (it would be 0)", tok)
+        q = Fraction(tok.text)
+        return self.checked(sp.Rational(q.numerator, q.denominator), tok)
+
     def gradient(self, start: Token) -> sp.Expr:
         if not (self.tok.kind == "name" and self.tok.text == "F"):
             raise self.error(
                 "unknown operator: ∇ applies to the objective F only (∇F or ∇F(y_k))", start
             )
         self.take()
-        if self.is_op("(") and not self.tok.space_before:
+        if self.is_op("("):  # ∇F(y_k) and ∇F (y_k) alike, as f(x) and f (x)
             self.take()
-            point = self.sum()
-            self.expect(")", "')' closing ∇F(")
+            point = self.group(")")
             return ir.GRAD(point)
         return ir.GRAD(self.ctx.current_point(start))
 
     def call_args(self, name: str) -> list[sp.Expr]:
-        self.expect("(", f"'(' after {name}")
-        args = [self.sum()]
-        while self.is_op(","):
+        """The arguments of ``name(a, b)``, or the one of ``name{a}`` (LaTeX: \\sqrt{x})."""
+        if self.is_op("{"):
             self.take()
-            args.append(self.sum())
+            return [self.group("}")]
+        opening = self.expect("(", f"'(' after {name}")
+
+        def args() -> list[sp.Expr]:
+            out = [self.sum()]
+            while self.is_op(","):
+                self.take()
+                out.append(self.sum())
+            return out
+
+        out = self.nested(opening, args)
         self.expect(")", f"')' closing {name}(")
-        return args
+        return out
 
     def named(self) -> sp.Expr:
         tok = self.take()
@@ -376,13 +510,12 @@ class _Parser:
         name = GREEK.get(raw, raw)
         # A subscript: an indexed state, an indexed stage, or part of a plain name (c_1).
         if self.is_op("_") and not self.tok.space_before:
-            form, content, j = _read_subscript(self.text, self.toks, self.i)
+            content, j = _read_subscript(self.text, self.toks, self.i)
             sub_col = self.tok.col
             self.i = j
-            if form == "word" and content[0].kind == "number":
-                name = f"{name}_{content[0].text}"
-            elif form == "word" and content[0].text != self.ctx.letter:
-                name = f"{name}_{content[0].text}"
+            label = _label(content)
+            if label is not None and label != self.ctx.letter:
+                name = f"{name}_{label}"  # part of a name: c_1, c_{1}, c_j
             else:
                 letter, off = _index(self.text, content, sub_col)
                 if letter != self.ctx.letter:
@@ -395,7 +528,16 @@ class _Parser:
         if raw in ACTIVATION_NAMES:
             return ir.ACT(*self.single_arg(raw, tok))
         if name in ir.ELEMENTARY:
-            return ir.ELEMENTARY[name](*self.single_arg(name, tok))
+            (arg,) = self.single_arg(name, tok)
+            value = ir.ELEMENTARY[name](arg)
+            if name == "abs":
+                # SymPy leaves Abs(2 Abs(x)) as 2 Abs(Abs(x)) (doit() settles it to 2 Abs(x), the
+                # form that printing and parsing again gives), and rewrites Abs(exp(x)) with
+                # re(x), which is no operator here: keep that one as written.
+                value = value.doit()
+                if value.has(sp.re, sp.im):
+                    value = sp.Abs(arg, evaluate=False)
+            return self.checked(value, tok)
         if ir.is_branch_name(name):
             if not self.is_op("("):
                 raise self.error(f"{name} is an operator: write {name}(x_k) or {name}(t, x_k)", tok)
@@ -449,22 +591,30 @@ class _Context:
         raise at(self.text, tok.col, "a bare ∇F here is ambiguous: write ∇F(x_k) with the point")
 
     def indexed(self, name: str, off: int, tok: Token, p: _Parser) -> sp.Expr:
-        off += self.shift
-        shown = f"{name}_{self.letter}" if off == 0 else f"{name}_<{self.letter}{off:+d}>"
+        """``name`` at the written offset ``off``; messages show offsets as written."""
+
+        def shown(j: int) -> str:
+            return f"{name}_{self.letter}" if j == 0 else f"{name}_<{self.letter}{j:+d}>"
+
+        newest, off = 1 - self.shift, off + self.shift
         if name in self.stages:
             if off != 0:
                 raise p.error(
-                    f"{shown}: {name} is a stage, computed anew each step; only {name}_{self.letter} exists",
+                    f"{shown(off - self.shift)}: {name} is a stage, computed anew each step; "
+                    f"only {shown(-self.shift)} exists",
                     tok,
                 )
             return sp.Symbol(name)
         if name not in self.states:
             raise p.error(
-                f"{shown}: {name} is not a state (no equation computes {name}_<{self.letter}+1>)",
+                f"{shown(off - self.shift)}: {name} is not a state (no equation computes "
+                f"{shown(newest)})",
                 tok,
             )
         if off > 1:
-            raise p.error(f"{shown} is ahead of the newest value {name}_<{self.letter}+1>", tok)
+            raise p.error(
+                f"{shown(off - self.shift)} is ahead of the newest value {shown(newest)}", tok
+            )
         return sp.IndexedBase(name)[self.k + off]
 
     def plain(self, name: str, tok: Token, p: _Parser) -> sp.Expr:
@@ -510,6 +660,7 @@ def parse(text: str) -> list[sp.Eq]:
     ]
     seen: dict[tuple[str, bool], Target] = {}
     for t in targets:
+        _check_target_name(text, t, letter)
         if t.offset is not None and t.offset not in (0, 1):
             raise at(
                 text, t.col, f"the left-hand side {t.name} must be a new state value or a stage"
