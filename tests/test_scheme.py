@@ -107,6 +107,9 @@ def test_sympy_equations_as_input():
         (lambda k, x: sp.Eq(x[k + 2], x[k]), r"written at k\+1"),
         (lambda k, x: sp.Eq(x[k + 1] + 1, x[k]), "left-hand side"),
         (lambda k, x: sp.Eq(x[k + 1], x[k] + sp.oo * ir.GRAD(x[k])), "non-finite"),
+        (lambda k, x: sp.Eq(x[k + 1], x[k] + sp.zoo * ir.GRAD(x[k])), "non-finite"),
+        (lambda k, x: sp.Eq(x[k + 1], x[k] + sp.I * ir.GRAD(x[k])), "I is not a real number"),
+        (lambda k, x: sp.Eq(x[k + 1], x[k] + sp.sqrt(-2) * ir.GRAD(x[k])), "not a real number"),
         (lambda k, x: sp.Eq(sp.IndexedBase("x")[sp.Symbol("k") + 1], x[k]), "integer symbol"),
     ],
 )
@@ -124,23 +127,23 @@ def test_latex():
 
 # -- print, then parse, gives the same scheme ---------------------------------------------
 
-PARAMS = ["α", "β", "h", "c_1", "lr", "γ"]
+PARAMS = ["α", "β", "h", "c_1", "lr", "γ", "Δt", "E"]
 
 
 @st.composite
 def expressions(draw, states, stages, depth=3):
     """Scheme text for a random expression over the given states and stages."""
-    leaves = [f"{s}_k" for s in states] + [f"{s}_<k-1>" for s in states] + list(stages)
+    leaves = [f"{s}_<k-{j}>" if j else f"{s}_k" for s in states for j in range(3)] + list(stages)
     leaf = st.one_of(
         st.sampled_from(leaves),
         st.sampled_from(PARAMS),
         st.integers(1, 9).map(str),
-        st.sampled_from(["1/2", "0.25", "3/4"]),
+        st.sampled_from(["1/2", "0.25", "3/4", "1e-3", "2.5e2", "exp(1)", "sqrt(2)", "log(3)"]),
     )
     if depth == 0:
         return draw(leaf)
     sub = expressions(states, stages, depth - 1)
-    form = draw(st.integers(0, 9))
+    form = draw(st.integers(0, 16))
     a, b = draw(sub), draw(sub)
     return [
         draw(leaf),
@@ -153,6 +156,13 @@ def expressions(draw, states, stages, depth=3):
         f"f(t + h, {a})",
         f"φ(W({a}) + b)",
         f"-({a})",
+        f"abs({a})",
+        f"exp({a})",
+        f"sqrt(1 + ({a})^2)",
+        f"log(1 + ({a})^2)",
+        f"({a})/(1 + ({b})^2)",
+        f"-({a})/(1 + ({b})^2)",
+        f"({a})/(1 + ({b})^2)*{draw(st.integers(2, 5))}",
     ][form]
 
 

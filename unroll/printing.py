@@ -47,6 +47,31 @@ class SchemePrinter(StrPrinter):
     def _print_Symbol(self, expr: sp.Symbol) -> str:
         return expr.name
 
+    # SymPy's own spellings (Abs(x), E) would read back as a parameter times (x) and a
+    # parameter E: print them as the scheme language writes them.
+    def _print_Abs(self, expr: sp.Abs) -> str:
+        return f"abs({self._print(expr.args[0])})"
+
+    def _print_Exp1(self, expr) -> str:
+        return "exp(1)"
+
+    def _print_Mul(self, expr: sp.Mul) -> str:
+        # SymPy writes 2*(a + b)/c and x/(2*(x**2 + 1)), which parse back distributed
+        # ((2*a + 2*b)/c, x/(2*x**2 + 2)): a number times a sum is expanded on construction.
+        # Put the coefficient last instead, (a + b)/c*2 and x/(x**2 + 1)/2, which parse back
+        # to this very product.
+        c, rest = expr.as_coeff_Mul()
+        factors = sp.Mul.make_args(rest)
+        if (
+            c.is_Rational
+            and abs(c) != 1
+            and any(f.is_Add or f.is_Pow and f.base.is_Add for f in factors)
+        ):
+            p, q = abs(c.p), c.q
+            head = self._print(-rest if c < 0 else rest)
+            return head + (f"*{p}" if p != 1 else "") + (f"/{q}" if q != 1 else "")
+        return super()._print_Mul(expr)
+
     def _print_Float(self, expr: sp.Float) -> str:  # never produced by the parser
         return repr(float(expr))
 

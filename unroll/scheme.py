@@ -222,9 +222,12 @@ class Scheme:
             for fn in ir.applications(eq.rhs):
                 if ir.operator_kind(fn) is None:
                     raise UnrollError(f"unknown operator {fn.func} in {fn}")
-            for num in eq.rhs.atoms(sp.Number):
-                if not num.is_finite:
-                    raise UnrollError(f"a non-finite number {num} in {equation_text(eq)}")
+            bad = [n for n in (sp.zoo, sp.oo, -sp.oo, sp.nan) if eq.rhs.has(n)]
+            if bad:
+                raise UnrollError(f"a non-finite number {bad[0]} in {equation_text(eq)}")
+            for part in sp.preorder_traversal(eq.rhs):
+                if part.is_number and part.is_extended_real is False:
+                    raise UnrollError(f"{part} is not a real number, in {equation_text(eq)}")
             for sym in ir.plain_symbols(eq.rhs):
                 if sym.name in states:
                     raise UnrollError(
