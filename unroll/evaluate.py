@@ -109,3 +109,51 @@ def evaluate(expr: sp.Basic, values: Mapping[sp.Basic, Any], ops: Ops) -> Any:
     for leaf, i in frame.slots.items():
         env[i] = values[leaf]
     return fn(env, ops)
+
+
+Assignment = tuple  # (state name, or None for a stage; slot of the left-hand side; closure)
+
+
+class StepFrame(Frame):
+    """A `Frame` laid out for one step of ``scheme``: slots for its parameters, the index, the
+    time and every state's history values [x_k, x_<k-1>, ...]; `assign` compiles equations over
+    it and `start` fills a fresh environment for a step."""
+
+    def __init__(self, scheme) -> None:
+        super().__init__()
+        self.params = [(n, self.slot(sp.Symbol(n))) for n in scheme.parameters]
+        self.index, self.time = self.slot(scheme.index), self.slot(ir.T)
+        self.history = {
+            n: [self.slot(scheme.state_value(n, -j)) for j in range(max(s.depth, 1))]
+            for n, s in scheme.states.items()
+        }
+
+    def assign(self, equations) -> list[Assignment]:
+        """One assignment per equation ``lhs = rhs``, in order."""
+        return [
+            (eq.lhs.base.label.name if isinstance(eq.lhs, sp.Indexed) else None,
+             self.slot(eq.lhs), compile_expr(eq.rhs, self))
+            for eq in equations
+        ]  # fmt: skip
+
+    def start(self, params: Mapping[str, Any], history: Mapping[str, Any], k: Any, t: Any) -> Env:
+        """An environment holding ``params`` (by name), the index ``k``, the time ``t`` and the
+        newest values of each state's ``history`` (newest first; older extra values ignored)."""
+        env = self.values()
+        for name, i in self.params:
+            env[i] = params[name]
+        env[self.index], env[self.time] = k, t
+        for name, slots in self.history.items():
+            for i, value in zip(slots, history[name][: len(slots)], strict=True):
+                env[i] = value
+        return env
+
+
+def execute(program: list[Assignment], env: Env, ops: Ops) -> dict[str, Any]:
+    """Run the assignments in order; returns the new value of each state they compute."""
+    new: dict[str, Any] = {}
+    for state, i, fn in program:
+        env[i] = fn(env, ops)
+        if state is not None:
+            new[state] = env[i]
+    return new

@@ -10,12 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import sympy as sp
 import torch
 
 from . import ir
 from .errors import UnrollError
-from .evaluate import Frame, compile_expr
+from .evaluate import StepFrame, execute
 from .parse import GREEK
 
 if False:  # pragma: no cover - typing only
@@ -139,34 +138,12 @@ class Stepper:
             raise UnrollError(
                 f"missing value for parameter {missing[0]} (pass {missing[0]}=..., it has no default)"
             )
-        frame = Frame()
-        self.params = [(frame.slot(sp.Symbol(n)), params[n]) for n in scheme.parameters]
-        self.index, self.time = frame.slot(scheme.index), frame.slot(ir.T)
-        self.history = {
-            n: [frame.slot(scheme.state_value(n, -j)) for j in range(max(st.depth, 1))]
-            for n, st in scheme.states.items()
-        }
-        self.program = [
-            (eq.lhs.base.label.name if isinstance(eq.lhs, sp.Indexed) else None,
-             frame.slot(eq.lhs), compile_expr(eq.rhs, frame))
-            for eq in scheme.equations
-        ]  # fmt: skip
-        self.frame = frame
+        self.params = dict(params)
+        self.frame = StepFrame(scheme)
+        self.program = self.frame.assign(scheme.equations)
 
     def step(self, history: Mapping[str, list], k: int, t: Any) -> dict[str, Any]:
-        env = self.frame.values()
-        for i, value in self.params:
-            env[i] = value
-        env[self.index], env[self.time] = k, t
-        for name, slots in self.history.items():
-            for i, value in zip(slots, history[name], strict=False):
-                env[i] = value
-        new: dict[str, Any] = {}
-        for state, i, fn in self.program:
-            env[i] = fn(env, self.ops)
-            if state is not None:
-                new[state] = env[i]
-        return new
+        return execute(self.program, self.frame.start(self.params, history, k, t), self.ops)
 
 
 def run(

@@ -25,14 +25,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-import sympy as sp
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
 from .. import ir
 from ..errors import UnrollError
-from ..evaluate import Frame, compile_expr
+from ..evaluate import StepFrame, compile_expr, execute
 from ..run import canonical_params, initial_states, primary_state
 from ..scheme import Scheme
 from .form import layer_form
@@ -254,32 +253,13 @@ class _Compiled:
 
     def __init__(self, program: Program):
         self.program = program
-        form = program.form
-        frame = Frame()
-        self.params = [(p, frame.slot(sp.Symbol(p))) for p in form.parameters]
-        self.index, self.time = frame.slot(form.index), frame.slot(ir.T)
-        self.keys = {
-            n: [frame.slot(form.state_value(n, -j)) for j in range(max(s.depth, 1))]
-            for n, s in form.states.items()
-        }
+        self.frame = frame = StepFrame(program.form)
         self.calls = [(c, frame.slot(c.symbol), compile_expr(c.arg, frame)) for c in program.calls]
-        self.updates = [
-            (eq.lhs.base.label.name if isinstance(eq.lhs, sp.Indexed) else None,
-             frame.slot(eq.lhs), compile_expr(eq.rhs, frame))
-            for eq in program.updates
-        ]  # fmt: skip
-        self.frame = frame
+        self.updates = frame.assign(program.updates)
 
     def env(self, history, coefficients, n: int) -> list:
-        env = self.frame.values()
-        for p, i in self.params:
-            env[i] = coefficients[p]
-        env[self.index] = n
-        env[self.time] = n * coefficients["h"] if "h" in coefficients else n
-        for name, slots in self.keys.items():
-            for i, value in zip(slots, history[name][: len(slots)], strict=True):
-                env[i] = value
-        return env
+        t = n * coefficients["h"] if "h" in coefficients else n
+        return self.frame.start(coefficients, history, n, t)
 
 
 def block_update(
@@ -294,12 +274,7 @@ def block_update(
     env = compiled.env(history, coefficients, n)
     for (_, i, _), value in zip(compiled.calls, outputs, strict=True):
         env[i] = value
-    new: dict[str, torch.Tensor] = {}
-    for state, i, fn in compiled.updates:
-        env[i] = fn(env, ops)
-        if state is not None:
-            new[state] = env[i]
-    return new
+    return execute(compiled.updates, env, ops)
 
 
 class Block(nn.Module):
