@@ -42,6 +42,9 @@ def test_emit_errors_are_one_line():
     assert "implicit" in result.output and len(result.output.strip().splitlines()) == 1
     result = CliRunner().invoke(cli, ["emit"])
     assert result.exit_code == 2 and "--all" in result.output
+    # An unknown activation is refused even for a scheme without φ (it was silently ignored).
+    result = CliRunner().invoke(cli, ["emit", "rk4", "--activation", "nosuch", "-o", "unused"])
+    assert result.exit_code == 2 and "unknown activation 'nosuch'" in result.output
 
 
 def test_checked_in_kernels_are_current():

@@ -183,6 +183,10 @@ def test_trainable_parameters_and_buffers():
     assert not any("coefficients" in n for n, _ in frozen.named_parameters())
     both = unroll.schemes["lm_resnet"].network(3, f=mlp(), trainable=["kappa", "h"])
     assert "blocks.0.coefficients.parametrizations.h.original" in dict(both.named_parameters())
+    # One name as a plain string is that name (not its letters k, a, p, ...).
+    h_only = unroll.schemes["lm_resnet"].network(3, f=mlp(), trainable="h")
+    names = [n for n, _ in h_only.named_parameters() if "coefficients" in n]
+    assert names and all(".h." in n for n in names)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])

@@ -32,6 +32,10 @@ def command(schemes: tuple[str, ...], directory: Path, activation: str | None, e
     specs = list(bundled) if every else list(schemes)
     if not specs:
         raise UnrollError("name a scheme to emit (or pass --all)")
+    if activation is not None:
+        from ..activations import get
+
+        get(activation)  # an unknown name is an error even for a scheme that uses no φ
     for spec in specs:
         block, path = write(resolve(spec), directory, activation)
         click.echo(f"wrote {path}")

@@ -246,6 +246,11 @@ def _branch(opts: Options, name: str, count: int) -> nn.Module:
     raise UnrollError(f"f= for {name} must be a torch.nn.Module or a factory of one, not {f!r}")
 
 
+def _names(trainable: Iterable[str] | str) -> list[str]:
+    """``trainable=`` as names: one name given as a string is that name, not its letters."""
+    return [trainable] if isinstance(trainable, str) else list(trainable)
+
+
 # -- the block ---------------------------------------------------------------------------------
 class _Compiled:
     """A program's closures over the slots of one `Frame` (plain Python objects, not module
@@ -584,7 +589,7 @@ def _coefficients(form: Scheme, boot: Program | None, opts: Options) -> Coeffici
     trainable = (
         {p.name for p in form.parameters.values() if p.trainable}
         if opts.trainable is None
-        else set(canonical_params(form, {n: None for n in opts.trainable}))
+        else set(canonical_params(form, {n: None for n in _names(opts.trainable)}))
     )
     per_channel = {p.name for p in form.parameters.values() if p.per_channel}
     per_channel |= set(canonical_params(form, {n: None for n in opts.per_channel}))
