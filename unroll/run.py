@@ -8,7 +8,7 @@ scheme reads.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -17,7 +17,7 @@ from .errors import UnrollError
 from .evaluate import StepFrame, execute
 from .parse import GREEK
 
-if False:  # pragma: no cover - typing only
+if TYPE_CHECKING:
     from .scheme import Scheme
 
 STEP_NAMES = ("h", "Δt", "dt")
@@ -191,8 +191,8 @@ def run(
     stepper = Stepper(scheme, ops, values)
     current, single = initial_states(scheme, x0)
 
-    history = {n: [v] * max(s.depth, 1) for n, (s, v) in _zip_states(scheme, current)}
-    path = [{n: v[0] for n, v in history.items()}] if trajectory else None
+    history = initial_history(scheme, current)
+    path = [dict(current)] if trajectory else None
     startup_steps = min(steps, max(s.depth for s in scheme.states.values()) - 1)
     if not scheme.startup:
         startup_steps = 0
@@ -204,16 +204,12 @@ def run(
         t = torch.tensor(
             t0 + k * dt, dtype=ref.dtype, device=ref.device
         )  # a tensor, as torchdiffeq
-        new = stepper_k.step(history, k, t)
-        for name, value in new.items():
-            history[name] = [value, *history[name][:-1]]
+        advance(history, stepper_k.step(history, k, t))
         if path is not None:
             path.append({n: v[0] for n, v in history.items()})
     final = {n: v[0] for n, v in history.items()}
     if path is not None:
-        stacked = {
-            n: torch.stack([torch.as_tensor(p[n]).expand_as(final[n]) for p in path]) for n in final
-        }
+        stacked = stack_path(path, final)
         return stacked[single] if single else stacked
     return final[single] if single else final
 
@@ -234,8 +230,23 @@ def _startup_stepper(
     return Stepper(boot, ops, params)
 
 
-def _zip_states(scheme: Scheme, current: Mapping[str, Any]):
-    return ((n, (scheme.states[n], current[n])) for n in scheme.states)
+def initial_history(scheme: Scheme, current: Mapping[str, Any]) -> dict[str, list]:
+    """Each state's history [x_k, x_<k-1>, ...] at the start: older values equal the initial one."""
+    return {n: [current[n]] * max(s.depth, 1) for n, s in scheme.states.items()}
+
+
+def advance(history: dict[str, list], new: Mapping[str, Any]) -> None:
+    """Put each state's new value in front of its history, dropping the oldest."""
+    for name, value in new.items():
+        history[name] = [value, *history[name][:-1]]
+
+
+def stack_path(path: list[Mapping[str, Any]], final: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The states of every step stacked along a new first dimension (scalars broadcast to the
+    final shape, as a θ that starts as a number)."""
+    return {
+        n: torch.stack([torch.as_tensor(p[n]).expand_as(final[n]) for p in path]) for n in final
+    }
 
 
 def primary_state(scheme: Scheme) -> str:

@@ -32,7 +32,14 @@ from torch.nn.utils import parametrize
 from .. import ir
 from ..errors import UnrollError
 from ..evaluate import StepFrame, compile_expr, execute
-from ..run import canonical_params, initial_states, primary_state
+from ..run import (
+    advance,
+    canonical_params,
+    initial_history,
+    initial_states,
+    primary_state,
+    stack_path,
+)
 from ..scheme import Scheme
 from .form import layer_form
 from .program import Program, lower
@@ -361,7 +368,7 @@ class Block(nn.Module):
         form = self.program.form
         if isinstance(x, torch.Tensor):
             current, single = initial_states(form, x)
-            history = {k: [v] * max(form.states[k].depth, 1) for k, v in current.items()}
+            history = initial_history(form, current)
         elif isinstance(x, Mapping):
             firsts = {k: (v[0] if isinstance(v, (tuple, list)) else v) for k, v in x.items()}
             current, single = initial_states(form, firsts)
@@ -446,21 +453,19 @@ class Network(nn.Module):
         out = network_forward(self, x0, trace=return_states or return_objective)
         if out is not None:
             return out
-        history = {k: [v] * max(self.form.states[k].depth, 1) for k, v in current.items()}
+        history = initial_history(self.form, current)
         path = [dict(current)] if (return_states or return_objective) else None
         ref = next(v for k, v in current.items() if not self.form.states[k].scalar)
         for n in range(self.depth):
             block = self.blocks[0 if self.options.tied else n]
-            new = block.step(history, n, self._gain(n, ref), boot=n < self.boot_steps)
-            for name, value in new.items():
-                history[name] = [value, *history[name][:-1]]
+            advance(history, block.step(history, n, self._gain(n, ref), boot=n < self.boot_steps))
             if path is not None:
                 path.append({k: v[0] for k, v in history.items()})
         final = {k: v[0] for k, v in history.items()}
         out = final[single] if single else final
         if path is None:
             return out
-        stacked = {k: torch.stack([p[k].expand_as(final[k]) for p in path]) for k in final}
+        stacked = stack_path(path, final)
         states = (stacked[single] if single else stacked) if return_states else None
         objective = self._objective(stacked) if return_objective else None
         return Trace(out, states, objective)
