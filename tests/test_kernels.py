@@ -387,6 +387,10 @@ def test_forward_mode_is_refused_by_triton_and_eager_under_auto():
     auto = scheme.network(3, f=f, backend="auto").double()
     _, got = torch.func.jvp(auto, (x0,), (v,))
     torch.testing.assert_close(got, want, rtol=0, atol=0)
+    # The op itself, called directly, refuses too.
+    op = block_update(scheme, backend="triton")
+    with pytest.raises(unroll.UnrollError, match="no forward-mode rule"):
+        torch.func.jvp(lambda o: op({"x_k": x0, "o_0": o}, {"h": 1.0})["x"], (x0,), (v,))
 
 
 @pytest.mark.gpu

@@ -89,6 +89,13 @@ class BlockUpdate:
         ref = tensors[b.inputs[0].name]
         if self.resolve(ref.device.type) == "torch":
             return b.eager(tensors, coefs)
+        if _forward_mode([*tensors.values(), *coefs.values()]):
+            if self.backend == "auto":
+                return b.eager(tensors, coefs)
+            raise UnrollError(
+                "backend='triton' has no forward-mode rule (torch.func.jvp, forward AD): its "
+                "tangents would be zero; use backend='auto' or 'torch' there"
+            )
         if not _triton_ok(ref.device.type):
             raise UnrollError(
                 "backend='triton' runs on CUDA tensors (or on the CPU with TRITON_INTERPRET=1)"
@@ -131,7 +138,7 @@ def block_update(
     return BlockUpdate(block_of(scheme, activation), backend)
 
 
-def _forward_mode(history: Mapping[str, Any], outputs: Any) -> bool:
+def _forward_mode(tensors: Any) -> bool:
     """True inside a torch.func transform or with forward-AD dual tensors: the custom op has no
     forward-mode rule there, and torch would give it zero tangents without a word."""
     if torch.compiler.is_compiling():
@@ -141,7 +148,6 @@ def _forward_mode(history: Mapping[str, Any], outputs: Any) -> bool:
 
     if _functorch.peek_interpreter_stack() is not None:
         return True
-    tensors = [*outputs, *(v for values in history.values() for v in values)]
     return any(
         isinstance(t, torch.Tensor) and forward_ad.unpack_dual(t).tangent is not None
         for t in tensors
@@ -170,18 +176,11 @@ def network_update(
         return None
     if backend == "torch":
         return None
-    if _forward_mode(history, outputs):
-        if backend == "auto":
-            return None
-        raise UnrollError(
-            "backend='triton' has no forward-mode rule (torch.func.jvp, forward AD): its tangents "
-            "would be zero; use backend='auto' or 'torch' there"
-        )
     if _uses_act(form) and activation is None:
         raise UnrollError(
             "backend='triton' needs the activation by name (a callable has no kernel)"
         )
-    op = block_update(form, activation, "triton")
+    op = block_update(form, activation, backend)
     b = op.block
     if tuple(c.op for c in b.calls) != tuple(call_ops):
         if backend == "auto":
