@@ -15,8 +15,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from unroll import UnrollError, activations
-from unroll.activations import v
+from unroll import UnrollError
+from unroll.ir import activations
+from unroll.ir.activations import v
 
 # float64 against a 30-digit reference: a few ulps of values of size ≤ 10.
 F64 = dict(rtol=1e-12, atol=1e-13)

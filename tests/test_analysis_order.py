@@ -11,10 +11,10 @@ import sympy as sp
 import torch
 
 import unroll
-from unroll import ir
 from unroll.analysis import order
 from unroll.analysis.bseries import gamma, trees
-from unroll.evaluate import evaluate
+from unroll.ir import vocabulary as ir
+from unroll.lowering.eager.evaluate import evaluate
 
 # ẋ = cos(t)(1 + x²), x(0) = 0 has the solution x(t) = tan(sin t): nonlinear in x, depends on t,
 # and f(t, 0) ≠ 0 (so PolyNet's f(f(x)) term is not accidentally consistent).

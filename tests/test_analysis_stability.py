@@ -12,7 +12,6 @@ import sympy as sp
 import torch
 
 import unroll
-from unroll import ir
 from unroll.analysis import (
     ZETA,
     Z,
@@ -21,7 +20,8 @@ from unroll.analysis import (
     stability_function,
     stability_region,
 )
-from unroll.evaluate import evaluate
+from unroll.ir import vocabulary as ir
+from unroll.lowering.eager.evaluate import evaluate
 
 ZS = [complex(-0.5, 0.5), complex(-1.8, 0.3), complex(0.2, -1.1), complex(-2.5, 2.0)]
 

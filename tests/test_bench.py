@@ -6,7 +6,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from unroll.bench import Report, Row, update_bytes
+from benchmarks.blocks import Report, Row, update_bytes
 from unroll.cli import cli
 
 

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from unroll import cache
+from unroll.lowering import cache
 
 
 @pytest.fixture
@@ -68,7 +68,7 @@ def test_kernel_module_is_served_from_disk_after_a_restart(cache_dir, monkeypatc
     and is not generated again."""
     pytest.importorskip("triton")
     import unroll
-    from unroll.codegen import op
+    from unroll.lowering.triton import op
 
     calls = []
     real = op.source

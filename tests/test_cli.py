@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 import unroll
 from unroll.cli import cli
-from unroll.library import SCHEME_DIR
+from unroll.frontend.library import SCHEME_DIR
 
 
 def invoke(*args):

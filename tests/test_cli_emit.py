@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 import unroll
 from unroll.cli import cli
-from unroll.codegen.emit import emit, module_stem
+from unroll.lowering.triton.emit import emit, module_stem
 
 KERNELS = Path(__file__).resolve().parent.parent / "kernels"
 
@@ -26,7 +26,7 @@ def test_emit_writes_the_module_and_prints_the_equations(tmp_path):
 
 
 def test_emit_of_a_yaml_file_and_of_text(tmp_path):
-    from unroll.library import SCHEME_DIR
+    from unroll.frontend.library import SCHEME_DIR
 
     result = CliRunner().invoke(
         cli, ["emit", str(SCHEME_DIR / "lm_resnet.yaml"), "-o", str(tmp_path)]

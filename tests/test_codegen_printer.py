@@ -18,7 +18,7 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton")
 
 from unroll import UnrollError  # noqa: E402
-from unroll.codegen.triton_printer import (  # noqa: E402
+from unroll.lowering.triton.printer import (
     FUNCTIONS,
     TritonPrinter,
     helper_source,

@@ -12,10 +12,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import unroll
-from unroll.digits import one_thread
 from unroll.errors import UnrollError
-from unroll.parallel import Residual
-from unroll.splitting import find_sites, splitting_matrices, splitting_spectra
+from unroll.experiments.digits import one_thread
+from unroll.experiments.parallel import Residual
+from unroll.experiments.splitting import find_sites, splitting_matrices, splitting_spectra
 
 DT = torch.float64
 
@@ -324,10 +324,10 @@ def test_report_table_lists_every_split():
 
 
 def test_unroll_grow_stays_the_function_after_importing_its_module():
-    import unroll.commands.grow  # noqa: F401  (imports unroll.splitting)
-    import unroll.splitting
+    import unroll.cli.commands.grow  # noqa: F401  (imports unroll.experiments.splitting)
+    import unroll.experiments.splitting
 
-    assert unroll.grow is unroll.splitting.grow
+    assert unroll.grow is unroll.experiments.splitting.grow
     model = _mlp()
     grown, report = unroll.grow(model, _data(model), loss_fn, fraction=0.1)
     assert len(report.splits) == 1

@@ -5,7 +5,7 @@ import pytest
 import sympy as sp
 
 import unroll
-from unroll.identification import ARCHITECTURES, densenet_text, identify
+from unroll.analysis.identification import ARCHITECTURES, densenet_text, identify
 
 # Bundled schemes without an `architecture:` key, and what identify says of them.
 UNDECLARED = {

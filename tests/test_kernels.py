@@ -21,7 +21,7 @@ pytest.importorskip("triton")
 
 import unroll  # noqa: E402
 from unroll import UnrollError  # noqa: E402
-from unroll.codegen.op import block_update, kernel_module  # noqa: E402
+from unroll.lowering.triton.op import block_update, kernel_module  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SCHEMES = sorted(unroll.schemes)

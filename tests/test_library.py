@@ -2,12 +2,12 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 import unroll
-from unroll.library import SCHEME_DIR
 
 REQUIRED = [
     "gradient_descent", "heavy_ball", "nesterov", "nesterov_schedule", "proximal_gradient",
@@ -33,7 +33,7 @@ def small_problem(scheme):
         kwargs["grad"] = lambda x: A @ x
     elif scheme.kind == "ode":
         branches = {
-            fn.func.__name__ for eq in scheme.equations for fn in unroll.ir.applications(eq.rhs)
+            fn.func.__name__ for eq in scheme.equations for fn in unroll.ir.vocabulary.applications(eq.rhs)
         }
         kwargs["f"] = {name: (lambda t, x: -0.1 * torch.tanh(x)) for name in branches}
     else:
@@ -127,7 +127,7 @@ def test_missing_file_and_unknown_name():
 @pytest.mark.slow
 def test_schemes_ship_with_a_plain_install(tmp_path):
     """A non-editable wheel carries the YAML library as package data."""
-    root = SCHEME_DIR.parent.parent
+    root = Path(__file__).resolve().parents[1]
     wheel_dir = tmp_path / "wheel"
     subprocess.run(
         [

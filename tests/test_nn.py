@@ -1,4 +1,4 @@
-"""`unroll.nn`: the layer form, blocks and networks against hand-written loops, `Scheme.run`,
+"""`unroll.lowering.nn`: the layer form, blocks and networks against hand-written loops, `Scheme.run`,
 torch autograd and the definitions of stochastic depth."""
 
 import math
@@ -10,7 +10,7 @@ from torch import nn
 from torch.func import functional_call
 
 import unroll
-from unroll.nn import layer_form, lower
+from unroll.lowering.nn import layer_form, lower
 
 
 def mlp(width: int = 4) -> nn.Module:
@@ -152,9 +152,9 @@ def test_networks_match_scheme_run(name):
     torch.manual_seed(0)
     scheme = unroll.schemes[name]
     ops = {
-        a.func.__name__: unroll.ir.operator_kind(a)
+        a.func.__name__: unroll.ir.vocabulary.operator_kind(a)
         for eq in scheme.equations
-        for a in unroll.ir.applications(eq.rhs)
+        for a in unroll.ir.vocabulary.applications(eq.rhs)
     }
     branches = {n: mlp().double() for n, kind in ops.items() if kind == "branch"}
     f = branches if len(branches) > 1 else next(iter(branches.values()), None)

@@ -18,9 +18,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import unroll
-import unroll.objectives as objective_module  # noqa: E402
-from unroll import UnrollError, activations
-from unroll.objectives import Objective, check_activation, objective, t
+import unroll.analysis.objectives as objective_module  # noqa: E402
+from unroll import UnrollError
+from unroll.analysis.objectives import Objective, check_activation, objective, t
+from unroll.ir import activations
 
 y = sp.Symbol("y", real=True)
 SOFT_THRESHOLD = sp.Lambda(y, sp.Piecewise((y + 1, y < -1), (0, y <= 1), (y - 1, True)))
@@ -418,7 +419,7 @@ def test_check_activation_reports_without_raising():
 
 
 def test_public_names_and_printing():
-    # unroll.objective is the function even after its module, unroll.objectives, is imported.
+    # unroll.objective is the function even after its module, unroll.analysis.objectives, is imported.
     assert unroll.objective is objective
     assert isinstance(unroll.objective("relu"), unroll.Objective)
     assert unroll.Objective is Objective

@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 import unroll
-from unroll.digits import one_thread
 from unroll.errors import UnrollError
-from unroll.parallel import Parallel, Residual
+from unroll.experiments.digits import one_thread
+from unroll.experiments.parallel import Parallel, Residual
 
 DT = torch.float64
 
@@ -148,7 +148,7 @@ def test_cli_compares_layouts_from_one_start(tmp_path):
     from click.testing import CliRunner
 
     from unroll.cli import cli
-    from unroll.commands.parallel import experiment
+    from unroll.cli.commands.parallel import experiment
 
     runs = experiment(depths=[1, 2], width=8, hidden=8, epochs=2, seeds=1, lr=1e-2, order=1)
     by = {(r.depth, r.layout): r for r in runs}

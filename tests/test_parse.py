@@ -4,8 +4,8 @@ import pytest
 import sympy as sp
 
 import unroll
-from unroll import ir
-from unroll.parse import parse
+from unroll.frontend.parse import parse
+from unroll.ir import vocabulary as ir
 
 k = ir.index_symbol("k")
 n = ir.index_symbol("n")

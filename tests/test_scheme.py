@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import unroll
-from unroll import ir
-from unroll.library import SCHEME_DIR
+from unroll.frontend.library import SCHEME_DIR
+from unroll.ir import vocabulary as ir
 
 
 def test_derived_facts_of_nesterov_with_schedule():

@@ -20,8 +20,8 @@ pytest.importorskip("triton")
 
 import unroll  # noqa: E402
 from unroll import UnrollError  # noqa: E402
-from unroll.codegen import tied  # noqa: E402
-from unroll.nn import layer_form  # noqa: E402
+from unroll.lowering.nn import layer_form  # noqa: E402
+from unroll.lowering.triton import tied  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -279,9 +279,9 @@ def test_gpu_against_float64(name, dtype, batch, n, depth):
 
 def test_kernels_are_generated_once_and_cached_under_unroll_cache_dir(monkeypatch, tmp_path):
     """The SymPy generation (tens of ms) runs once per step, not on every call (it would dwarf
-    a launch), and the module is a sealed file of `unroll.cache` under $UNROLL_CACHE_DIR."""
-    from unroll import cache
-    from unroll.codegen import tied_source
+    a launch), and the module is a sealed file of `unroll.lowering.cache` under $UNROLL_CACHE_DIR."""
+    from unroll.lowering import cache
+    from unroll.lowering.triton import tied_source
 
     monkeypatch.setenv("UNROLL_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(cache, "_loaded", {})

@@ -15,7 +15,7 @@ pytest.importorskip("triton")
 
 import unroll  # noqa: E402
 from unroll import UnrollError  # noqa: E402
-from unroll.codegen import tied  # noqa: E402
+from unroll.lowering.triton import tied  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 # float64 on both sides; the kernel sums the product in 16-wide chunks, torch in another order:

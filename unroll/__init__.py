@@ -12,24 +12,24 @@ from __future__ import annotations
 
 import importlib
 
-from .errors import UnrollError
+from unroll.errors import UnrollError
 
 __version__ = "0.1.0"
 
 # Public names and the module that is their one home; imported on first use so that
 # `import unroll` stays cheap and Triton is only imported where it is needed.
 _LAZY = {
-    "Scheme": "unroll.scheme",
-    "Parameter": "unroll.scheme",
-    "State": "unroll.scheme",
-    "compile": "unroll.library",
-    "load": "unroll.library",
-    "schemes": "unroll.library",
-    "objective": "unroll.objectives",
-    "Objective": "unroll.objectives",
-    "identify": "unroll.identification",
-    "grow": "unroll.splitting",
-    "parallelize": "unroll.parallel",
+    "Scheme": "unroll.frontend.scheme",
+    "Parameter": "unroll.frontend.scheme",
+    "State": "unroll.frontend.scheme",
+    "compile": "unroll.frontend.library",
+    "load": "unroll.frontend.library",
+    "schemes": "unroll.frontend.library",
+    "objective": "unroll.analysis.objectives",
+    "Objective": "unroll.analysis.objectives",
+    "identify": "unroll.analysis.identification",
+    "grow": "unroll.experiments.splitting",
+    "parallelize": "unroll.experiments.parallel",
 }
 
 __all__ = ["UnrollError", "__version__", *_LAZY]

@@ -9,9 +9,9 @@
 
 from __future__ import annotations
 
-from .modified import modified_equation
-from .order import order, order_conditions
-from .rates import (
+from unroll.analysis.modified import modified_equation
+from unroll.analysis.order import order, order_conditions
+from unroll.analysis.rates import (
     FAMILIES,
     LAM,
     history_labels,
@@ -20,7 +20,7 @@ from .rates import (
     rate,
     tune,
 )
-from .stability import (
+from unroll.analysis.stability import (
     ZETA,
     StabilityRegion,
     Z,

@@ -24,8 +24,8 @@ from typing import Any
 
 import sympy as sp
 
-from .. import ir
-from ..errors import UnrollError
+from unroll.errors import UnrollError
+from unroll.ir import vocabulary as ir
 
 STEP_NAMES = ("h", "Δt", "dt")
 
@@ -74,7 +74,7 @@ def exact_number(value: Any, where: str) -> sp.Expr:
 def substitutions(scheme, params: Mapping[str, Any], *, defaults: bool) -> dict:
     """Symbol -> exact value for the given parameters (``alpha`` names ``α``), plus the scheme's
     defaults for the others when ``defaults`` is true."""
-    from ..run import canonical_params
+    from unroll.lowering.eager.run import canonical_params
 
     values = dict(scheme.defaults()) if defaults else {}
     values.update(canonical_params(scheme, params))

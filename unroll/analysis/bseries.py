@@ -18,9 +18,9 @@ from math import prod
 
 import sympy as sp
 
-from .. import ir
-from ..errors import UnrollError
-from ._common import OdeView, branch_parts
+from unroll.analysis._common import OdeView, branch_parts
+from unroll.errors import UnrollError
+from unroll.ir import vocabulary as ir
 
 Tree = tuple
 

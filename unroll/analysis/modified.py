@@ -19,10 +19,10 @@ from typing import Any
 
 import sympy as sp
 
-from .. import ir
-from ..errors import UnrollError
-from ._common import ode_view
-from .series import Expander
+from unroll.analysis._common import ode_view
+from unroll.analysis.series import Expander
+from unroll.errors import UnrollError
+from unroll.ir import vocabulary as ir
 
 T = ir.T
 

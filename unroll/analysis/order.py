@@ -18,10 +18,10 @@ from typing import Any
 
 import sympy as sp
 
-from ..errors import UnrollError
-from ._common import OdeView, branch_apps, branch_parts, label, ode_view
-from .bseries import NotRungeKutta, bseries_order
-from .series import Expander, Series
+from unroll.analysis._common import OdeView, branch_apps, branch_parts, label, ode_view
+from unroll.analysis.bseries import NotRungeKutta, bseries_order
+from unroll.analysis.series import Expander, Series
+from unroll.errors import UnrollError
 
 SCALAR_DECIDES = 4  # the scalar expansion decides orders up to this one
 ORDER_LIMIT = 8  # orders beyond this one are reported as an error, not computed

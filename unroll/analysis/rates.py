@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 import sympy as sp
 
-from .. import ir
-from ..errors import UnrollError
-from ._common import label, substitutions
+from unroll.analysis._common import label, substitutions
+from unroll.errors import UnrollError
+from unroll.ir import vocabulary as ir
 
 LAM = sp.Symbol("λ", positive=True)
 MU, L_ = sp.symbols("μ L", positive=True)

@@ -14,11 +14,11 @@ from typing import Any
 
 import sympy as sp
 
-from ..errors import UnrollError
-from . import rates, stability
-from ._common import ode_view
-from .modified import modified_equation
-from .order import order
+from unroll.analysis import rates, stability
+from unroll.analysis._common import ode_view
+from unroll.analysis.modified import modified_equation
+from unroll.analysis.order import order
+from unroll.errors import UnrollError
 
 MU, L = 1.0, 100.0  # the interval of curvatures the catalogue tunes for (κ = 100)
 DOCS = Path(__file__).resolve().parents[2] / "docs"
@@ -65,7 +65,7 @@ def facts(scheme, activation: str | None = None, mu: float = MU, L: float = L) -
     }
     notes: dict[str, str] = {}
 
-    identify = _optional("unroll.identification", "identify")
+    identify = _optional("unroll.analysis.identification", "identify")
     if identify is None:
         notes["architecture"] = "not available: unroll.identify is not installed"
         out["architecture"] = None
@@ -76,9 +76,9 @@ def facts(scheme, activation: str | None = None, mu: float = MU, L: float = L) -
         elif out["architecture"] is None:
             notes["architecture"] = "no known architecture matches"
 
-    layer_form = _optional("unroll.nn", "layer_form")
+    layer_form = _optional("unroll.lowering.nn", "layer_form")
     if layer_form is None:
-        out["layer"], notes["layer"] = None, "not available: unroll.nn.layer_form is missing"
+        out["layer"], notes["layer"] = None, "not available: unroll.lowering.nn.layer_form is missing"
     else:
         form, err = _try(layer_form, scheme)
         out["layer"] = "; ".join(str(form).splitlines()) if form is not None else None
@@ -87,11 +87,11 @@ def facts(scheme, activation: str | None = None, mu: float = MU, L: float = L) -
 
     act = activation if activation is not None else scheme.activation
     if act is not None:
-        from .. import activations
+        from unroll.ir import activations
 
         activations.get(act)  # an unknown name is the user's error, not a note
     out["activation"] = act
-    objective = _optional("unroll.objectives", "objective")
+    objective = _optional("unroll.analysis.objectives", "objective")
     uses_layer = scheme.kind in ("layer", "optimizer")
     if act is None or not uses_layer:
         out["objective"] = None
@@ -239,7 +239,7 @@ def _md_cell(value: Any) -> str:
 def markdown(schemes=None) -> str:
     """docs/schemes.md: every bundled scheme with its formula and analyses."""
     if schemes is None:
-        from ..library import schemes as bundled
+        from unroll.frontend.library import schemes as bundled
 
         schemes = bundled
     out = [
@@ -300,7 +300,7 @@ def figure(path: Path, schemes=None) -> Path:
     from matplotlib.figure import Figure
 
     if schemes is None:
-        from ..library import schemes as bundled
+        from unroll.frontend.library import schemes as bundled
 
         schemes = bundled
     regions = []

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import sympy as sp
 
-from .. import ir
-from ..errors import UnrollError
-from ._common import OdeView, branch_parts, label, ode_view, substitutions
+from unroll.analysis._common import OdeView, branch_parts, label, ode_view, substitutions
+from unroll.errors import UnrollError
+from unroll.ir import vocabulary as ir
 
 Z = sp.Symbol("z")  # hλ
 ZETA = sp.Symbol("ζ")

@@ -1,0 +1,43 @@
+"""`unroll emit SCHEME [-o DIR]`: write the Triton kernel module of a scheme's block update."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command("emit")
+@click.argument("schemes", nargs=-1)
+@click.option(
+    "-o",
+    "--output",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="Directory to write <scheme>.py into.",
+)
+@click.option("--activation", default=None, help="φ for a layer scheme (default: the scheme's).")
+@click.option("--all", "every", is_flag=True, help="Every bundled scheme (as kernels/ holds them).")
+def command(schemes: tuple[str, ...], directory: Path, activation: str | None, every: bool) -> None:
+    """Write the fused forward/backward Triton module of each SCHEME (a bundled name, a YAML
+    file or scheme text) and print the equations it implements."""
+    from unroll.errors import UnrollError
+    from unroll.frontend.library import resolve
+    from unroll.frontend.library import schemes as bundled
+    from unroll.lowering.triton.block import describe
+    from unroll.lowering.triton.emit import write
+
+    specs = list(bundled) if every else list(schemes)
+    if not specs:
+        raise UnrollError("name a scheme to emit (or pass --all)")
+    if activation is not None:
+        from unroll.ir.activations import get
+
+        get(activation)  # an unknown name is an error even for a scheme that uses no φ
+    for spec in specs:
+        block, path = write(resolve(spec), directory, activation)
+        click.echo(f"wrote {path}")
+        for line in describe(block).splitlines():
+            click.echo(f"  {line}")

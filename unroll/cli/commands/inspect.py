@@ -1,0 +1,51 @@
+"""`unroll inspect NAME|FILE|TEXT`: every analysis of one scheme in one report."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+
+@click.command("inspect")
+@click.argument("scheme")
+@click.option(
+    "--activation", "-a", default=None, help="Activation for the objective (default: the scheme's)."
+)
+@click.option(
+    "--plot",
+    "plot",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Save the stability region as a PNG here (ODE schemes).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option(
+    "--mu", default=1.0, show_default=True, type=float, help="Smallest curvature λ for rates."
+)
+@click.option(
+    "--L", "L", default=100.0, show_default=True, type=float, help="Largest curvature λ for rates."
+)
+def command(
+    scheme: str, activation: str | None, plot: str | None, as_json: bool, mu: float, L: float
+) -> None:
+    """Report on SCHEME (a bundled name, a YAML file or scheme text): kind, architecture, layer,
+    objective, order, zero-stability, stability function, modified equation, and for optimizer
+    schemes the iteration matrix, rate and tuned parameters."""
+    from unroll.analysis import report, stability_region
+    from unroll.analysis.rates import _check_interval
+    from unroll.frontend.library import resolve
+
+    s = resolve(scheme)
+    _check_interval(mu, L)
+    facts = report.facts(s, activation=activation, mu=mu, L=L)
+    if plot is not None:
+        stability_region(s, plot=plot)
+        facts["plot"] = plot
+    if as_json:
+        click.echo(json.dumps(facts, ensure_ascii=False, indent=2))
+        return
+    for line in report.lines(facts):
+        click.echo(line)
+    if plot is not None:
+        click.echo(f"stability region: {plot}")

@@ -1,0 +1,230 @@
+"""The digits experiments' shared parts: data, the two model builders, training, evaluation.
+
+The data is scikit-learn's bundled 8×8 digits (1,797 images, 10 classes; no download). Used by
+``unroll grow`` and ``unroll parallel``; everything here is deterministic given ``seed``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from unroll.errors import UnrollError
+from unroll.experiments.parallel import Residual
+from unroll.ir import vocabulary as ir
+
+__all__ = [
+    "Digits",
+    "check_sizes",
+    "command_line",
+    "count",
+    "evaluate",
+    "load",
+    "machine",
+    "scheme_net",
+    "one_thread",
+    "progress",
+    "residual_net",
+    "train",
+]
+
+FEATURES, CLASSES = 64, 10
+
+
+@dataclass(frozen=True)
+class Digits:
+    """Train and validation split: x of shape (n, 64), float32, centred; y of shape (n,)."""
+
+    x_train: Tensor
+    y_train: Tensor
+    x_val: Tensor
+    y_val: Tensor
+
+    @property
+    def train(self) -> tuple[Tensor, Tensor]:
+        return self.x_train, self.y_train
+
+
+def load(seed: int = 0, val_fraction: float = 0.25) -> Digits:
+    """The digits, pixels scaled to [0, 1] and centred by the training mean."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as e:  # pragma: no cover - scikit-learn is in the 'grow' extra
+        raise UnrollError(
+            "the digits experiments need scikit-learn: pip install 'unroll[grow]'"
+        ) from e
+    x, y = load_digits(return_X_y=True)
+    x = torch.as_tensor(x, dtype=torch.float32) / 16
+    y = torch.as_tensor(y, dtype=torch.long)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    n_val = round(val_fraction * len(x))
+    val, tr = order[:n_val], order[n_val:]
+    mean = x[tr].mean(0)
+    return Digits(x[tr] - mean, y[tr], x[val] - mean, y[val])
+
+
+def scheme_net(scheme: str, depth: int, width: int, hidden: int, seed: int = 0) -> nn.Sequential:
+    """64 → width, ``depth`` steps of the ODE ``scheme`` (a bundled name, e.g. "forward_euler":
+    the ResNet block x + h f(x)) with each branch (f, or f_1, f_2, ...) = Linear(width, hidden)
+    → tanh → Linear(hidden, width), one per block and branch, then width → 10: the network
+    `grow` widens (the ``hidden`` units). The scheme must be an ODE scheme with one state."""
+    import unroll
+
+    spec = unroll.schemes[scheme]  # an UnrollError naming the scheme if there is none
+    if spec.kind != "ode" or len(spec.states) != 1:
+        raise UnrollError(
+            f"scheme {scheme!r} ({spec.kind}, states {', '.join(spec.states)}) has no network "
+            "of branches f on one state: choose an ODE scheme with one state, e.g. forward_euler"
+        )
+    names = {
+        a.func.__name__
+        for eq in spec.equations
+        for a in ir.applications(eq.rhs)
+        if ir.operator_kind(a) == "branch"
+    }
+    torch.manual_seed(seed)
+
+    def branch() -> nn.Module:
+        return nn.Sequential(nn.Linear(width, hidden), nn.Tanh(), nn.Linear(hidden, width))
+
+    net = spec.network(depth, dim=width, f=dict.fromkeys(names, branch), backend="torch")
+    # float32 whatever the default dtype: the data is float32.
+    return nn.Sequential(nn.Linear(FEATURES, width), net, nn.Linear(width, CLASSES)).float()
+
+
+def residual_net(blocks: int, width: int, hidden: int, seed: int = 0) -> nn.Sequential:
+    """64 → width, ``blocks`` residual blocks x + W₂ tanh(W₁x) (in ``net[1]``), width → 10."""
+    torch.manual_seed(seed)
+    stack = nn.Sequential(
+        *[
+            Residual(nn.Sequential(nn.Linear(width, hidden), nn.Tanh(), nn.Linear(hidden, width)))
+            for _ in range(blocks)
+        ]
+    )
+    return nn.Sequential(nn.Linear(FEATURES, width), stack, nn.Linear(width, CLASSES)).float()
+
+
+def train(
+    model: nn.Module,
+    data: Digits,
+    *,
+    epochs: int,
+    lr: float = 1e-2,
+    batch_size: int = 128,
+    seed: int = 0,
+    after_epoch: Callable[[int], None] | None = None,
+) -> None:
+    """Adam on the cross-entropy, shuffled mini-batches (order fixed by ``seed``).
+
+    A fresh optimiser each call: after `unroll.grow` the parameters are new tensors.
+    """
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    x, y = data.train
+    model.train()
+    for epoch in range(epochs):
+        order = torch.randperm(len(x), generator=gen)
+        for i in range(0, len(x), batch_size):
+            idx = order[i : i + batch_size]
+            opt.zero_grad()
+            F.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+        if after_epoch is not None:
+            after_epoch(epoch)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: Tensor, y: Tensor) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of ``model`` on ``x``, ``y``."""
+    was = model.training
+    model.eval()
+    out = model(x)
+    model.train(was)
+    return float(F.cross_entropy(out, y)), float((out.argmax(1) == y).float().mean())
+
+
+def count(model: nn.Module) -> int:
+    """The number of parameters."""
+    return sum(p.numel() for p in model.parameters())
+
+
+@contextmanager
+def one_thread():
+    """Run torch on one thread: these networks are so small that intra-op threads only add
+    synchronisation (10× slower on a busy 2-core machine). Restores the setting afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def machine() -> str:
+    """The date and the machine a result was produced on, for generated documents."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        if names:
+            cpu = names[0]
+    except OSError:
+        pass
+    return (
+        f"{datetime.date.today().isoformat()}, {cpu} ({os.cpu_count()} CPUs), "
+        f"{platform.system()}, torch {torch.__version__}"
+    )
+
+
+# -- the commands' shared parts ----------------------------------------------------------------
+def check_sizes(sizes: Mapping[str, int], lr: float) -> None:
+    """UnrollError naming the first option ``--name`` below 1, or a learning rate not > 0."""
+    for name, value in sizes.items():
+        if value < 1:
+            raise UnrollError(f"--{name} must be positive, got {value}")
+    if not lr > 0:
+        raise UnrollError(f"--lr must be positive, got {lr}")
+
+
+@contextmanager
+def progress(total: int) -> Iterator[Callable[..., None]]:
+    """A bar of ``total`` training epochs on stderr (hidden when stderr is no terminal);
+    yields the function to call after each epoch (it ignores its arguments)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    err = Console(stderr=True)
+    with Progress(
+        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), console=err, transient=True, disable=not err.is_terminal,
+    ) as bar:  # fmt: skip
+        task = bar.add_task("training epochs", total=total)
+        yield lambda *_: bar.advance(task)
+
+
+def command_line() -> str:
+    """The running click command's line with every option spelled out, to reproduce a run
+    (lists comma-separated, flags by name)."""
+    import shlex
+
+    import click
+
+    ctx = click.get_current_context()
+    args = [ctx.info_name]
+    for p in ctx.command.params:
+        value = ctx.params[p.name]
+        if isinstance(p, click.Option) and p.is_flag:
+            args.append(p.opts[0] if value else p.secondary_opts[0])
+        elif isinstance(value, list | tuple):
+            args += [p.opts[0], ",".join(map(str, value))]
+        elif value is not None:
+            args += [p.opts[0], str(value)]
+    return shlex.join(["unroll", *args])

@@ -1,0 +1,1 @@
+"""Eager PyTorch execution of a scheme (`Scheme.run`)."""

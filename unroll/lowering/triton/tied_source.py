@@ -1,0 +1,380 @@
+"""TiedStep -> Triton source: the forward and backward kernels of a weight-tied network.
+
+The generated module holds two `@triton.jit` kernels, each one program per tile of rows:
+
+- ``tied_forward`` loads the shared W once, keeps every carried value of the tile in registers and
+  runs all layers in one loop: the point p (elementwise), ``z = p @ Wᵀ`` (`tl.dot`), then the
+  multi-state update from the scheme's equations. With ``STORE`` it also writes each layer's input
+  state (the trajectory the backward needs).
+- ``layer_forward`` is one layer with its own W (no weight tying): a tiled matrix product whose
+  A operand p is computed from the history tiles as they are loaded, with the multi-state update
+  fused into its epilogue.
+- ``tied_backward`` runs the adjoint recursion from the last layer to the first: it reloads a
+  layer's input states, recomputes p and z (one `tl.dot`), forms dL/dz (written out for dW),
+  dL/dp = dL/dz @ W (a second `tl.dot`) and the adjoints of the carried values, and sums the
+  parameters' gradients over its rows in a fixed order.
+
+Every expression comes from `unroll.lowering.triton.tied.TiedStep` (SymPy), common subexpressions are
+eliminated with `sympy.cse`, and every expression is printed by the shared
+`unroll.lowering.triton.printer.TritonPrinter`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+import sympy as sp
+
+from unroll.lowering.triton.printer import TritonPrinter, helper_source, prepare
+
+if TYPE_CHECKING:
+    from unroll.lowering.triton.tied import TiedStep
+
+
+# -- expression printing ---------------------------------------------------------------------
+def _printer() -> TritonPrinter:
+    """The shared SymPy -> Triton printer (issue 5's), making constants in the kernel's compute
+    dtype; one per generated module, so that it collects the helpers the module must include."""
+    return TritonPrinter(dtype="COMPUTE")
+
+
+def _assignments(
+    pr: TritonPrinter,
+    targets: Sequence[tuple[str, sp.Expr]],
+    prefix: str,
+    late: Sequence[sp.Symbol] = (),
+) -> tuple[list[str], list[str]]:
+    """Lines computing ``targets`` (numeric rewrites, then `sympy.cse`), split into those that
+    can run before any symbol of ``late`` exists and those that need one (e.g. dL/dp after the
+    second dot)."""
+    temps, reduced = sp.cse([prepare(e) for _, e in targets], symbols=sp.numbered_symbols(prefix))
+    late_set = set(late)
+    early: list[str] = []
+    after: list[str] = []
+    for sym, expr in temps:
+        (after if expr.free_symbols & late_set else early).append(f"{sym} = {pr.doprint(expr)}")
+        if expr.free_symbols & late_set:
+            late_set.add(sym)
+    for (name, _), expr in zip(targets, reduced, strict=True):
+        (after if expr.free_symbols & late_set else early).append(f"{name} = {pr.doprint(expr)}")
+    return early, after
+
+
+def _indent(lines: Sequence[str], n: int) -> str:
+    pad = " " * n
+    return "".join(f"{pad}{line}\n" for line in lines)
+
+
+# -- the kernels -----------------------------------------------------------------------------
+def source(step: TiedStep) -> str:
+    """The Triton module body (text) for ``step``: the printer's helpers, ``tied_forward``,
+    ``tied_backward`` and ``layer_forward``."""
+    pr = _printer()
+    kernels = _forward(pr, step) + "\n\n" + _backward(pr, step) + "\n\n" + _layer(pr, step)
+    helpers = helper_source(pr.helpers_used)
+    return (helpers + "\n\n" if helpers else "") + kernels
+
+
+def _param_args(step: TiedStep) -> tuple[list[str], list[str]]:
+    """Pointer arguments (with comments) and the lines that load the parameters."""
+    args, loads = [], []
+    for m, name in enumerate(step.scalars):
+        args.append(f"Q{m},  # () scalar parameter {name}")
+        loads.append(f"q{m} = tl.load(Q{m}).to(COMPUTE)")
+    for m, name in enumerate(step.channels):
+        args.append(f"C{m},  # (n,) per-channel parameter {name}")
+        loads.append(f"ch{m} = tl.load(C{m} + cols, mask=cols < N, other=0.0).to(COMPUTE)[None, :]")
+    return args, loads
+
+
+_PREAMBLE = """\
+    # 64-bit offsets: depth·B·n may pass 2^31 elements.
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.arange(0, BLOCK_N)
+    mask = (rows[:, None] < M) & (cols[None, :] < N)
+    wmask = (cols[:, None] < N) & (cols[None, :] < N)
+    off = rows[:, None] * N + cols[None, :]  # into the contiguous (B, n) buffers
+    layer = tl.cast(M, tl.int64) * N  # elements per layer in the (depth, B, n) buffers
+"""
+
+_CONSTEXPRS = """\
+    BLOCK_M: tl.constexpr,  # rows per program
+    BLOCK_N: tl.constexpr,  # the width n padded to a power of two (>= 16)
+    PREC: tl.constexpr,  # tl.dot input precision ("ieee" or "tf32")
+    COMPUTE: tl.constexpr,  # tl.float32, or tl.float64 for float64 inputs
+"""
+
+
+def _forward(pr: TritonPrinter, step: TiedStep) -> str:
+    ns = range(len(step.states))
+    params, loads = _param_args(step)
+    sig = [f"X0_{i},  # (B, n) initial value of state {s}" for i, s in enumerate(step.states)]
+    sig += [
+        f"OUT_{i},  # (B, n) out: state {s} after `depth` layers" for i, s in enumerate(step.states)
+    ]
+    sig += [
+        f"TRAJ_{i},  # (depth, B, n) out when STORE: the input of every layer, {s}_0..{s}_(depth-1)"
+        for i, s in enumerate(step.states)
+    ]
+    sig += ["W,  # (n, n) the weight every layer shares, (out, in): z = p @ W^T", *params]
+    sig += ["M, N, depth,  # rows B, width n, layers"]
+    sig += [f"sx{i}m, sx{i}n,  # strides of X0_{i}" for i in ns]
+    sig += ["swo, swi,  # strides of W"]
+
+    body = [
+        "# W^T as wt[i, o] = W[o, i], loaded once for every layer",
+        "wt = tl.load(W + cols[:, None] * swi + cols[None, :] * swo, mask=wmask, other=0.0)",
+        *loads,
+        "# carried values: c{i}_0 = state i, c{i}_j = its j-th backward difference",
+    ]
+    for i in ns:
+        body.append(
+            f"c{i}_0 = tl.load(X0_{i} + rows[:, None] * sx{i}m + cols[None, :] * sx{i}n, "
+            "mask=mask, other=0.0).to(COMPUTE)"
+        )
+        for j in range(1, step.depths[i]):
+            body.append(f"c{i}_{j} = tl.zeros((BLOCK_M, BLOCK_N), COMPUTE)")
+    point, _ = _assignments(pr, [("p", step.point)], "fp")
+    new = [(f"n{i}_{j}", e) for i, row in enumerate(step.update) for j, e in enumerate(row)]
+    update, _ = _assignments(pr, new, "fu")
+    carried = [f"c{i}_{j}" for i, row in enumerate(step.update) for j in range(len(row))]
+    loop = [
+        "if STORE:",
+        *[
+            f"    tl.store(TRAJ_{i} + k * layer + off, c{i}_0.to(TRAJ_{i}.dtype.element_ty), mask=mask)"
+            for i in ns
+        ],
+        *point,
+        "p = tl.where(mask, p, 0.0)  # padded lanes must not reach the product",
+        "z = tl.dot(p.to(wt.dtype), wt, input_precision=PREC)",
+        *update,
+        # Every carried value gets a freshly computed one: no plain rename of a loop-carried value
+        # (the pattern `xp = x; x = xn` miscompiled on the GPU with Triton 3.6).
+        f"{', '.join(carried)} = {', '.join('n' + c[1:] for c in carried)}",
+    ]
+    tail = [f"tl.store(OUT_{i} + off, c{i}_0.to(OUT_{i}.dtype.element_ty), mask=mask)" for i in ns]
+    return (
+        "@triton.jit\ndef tied_forward(\n"
+        + _indent(sig, 4)
+        + _CONSTEXPRS
+        + "    STORE: tl.constexpr,  # write the trajectory (training)\n):\n"
+        + _PREAMBLE
+        + _indent(body, 4)
+        + "    for k in range(depth):\n"
+        + _indent(loop, 8)
+        + _indent(tail, 4)
+    )
+
+
+def _backward(pr: TritonPrinter, step: TiedStep) -> str:
+    ns = range(len(step.states))
+    params, loads = _param_args(step)
+    sig = [
+        f"TRAJ_{i},  # (depth, B, n) layer inputs of state {s}, from the forward"
+        for i, s in enumerate(step.states)
+    ]
+    sig += [f"GOUT_{i},  # (B, n) dL/d(final {s})" for i, s in enumerate(step.states)]
+    sig += [f"DX0_{i},  # (B, n) out: dL/d(initial {s})" for i, s in enumerate(step.states)]
+    sig += ["W,  # (n, n) the shared weight, (out, in)", *params]
+    sig += [
+        "DZ,  # (depth, B, n) out: dL/dz_k, z_k = p_k @ W^T (for dW)",
+        "PT,  # (depth, B, n) out when STORE_P: the point p_k (for dW)",
+        "DQ,  # (programs, scalars) out: this program's share of dL/d(scalar parameters)",
+        "DC,  # (programs, channels, n) out: its share of dL/d(per-channel parameters)",
+        "M, N, depth,  # rows B, width n, layers",
+    ]
+    sig += [f"sg{i}m, sg{i}n,  # strides of GOUT_{i}" for i in ns]
+    sig += ["swo, swi,  # strides of W"]
+
+    adj = step.adjoint()
+    in_history = step.in_history()
+    body = [
+        "w = tl.load(W + cols[:, None] * swo + cols[None, :] * swi, mask=wmask, other=0.0)",
+        "wt = tl.trans(w)",
+        *loads,
+        "# a{i}_j: dL/d(carried value c{i}_j) at the input of the layer being processed",
+    ]
+    for i in ns:
+        body.append(
+            f"a{i}_0 = tl.load(GOUT_{i} + rows[:, None] * sg{i}m + cols[None, :] * sg{i}n, "
+            "mask=mask, other=0.0).to(COMPUTE)"
+        )
+        for j in range(1, step.depths[i]):
+            body.append(f"a{i}_{j} = tl.zeros((BLOCK_M, BLOCK_N), COMPUTE)")
+    for m in range(len(step.scalars)):
+        body.append(f"gq{m} = tl.zeros((BLOCK_N,), COMPUTE)")
+    for m in range(len(step.channels)):
+        body.append(f"gc{m} = tl.zeros((BLOCK_N,), COMPUTE)")
+
+    loop = ["k = depth - 1 - kk"]
+    for i in ns:
+        d = step.depths[i]
+        for j in range(d):
+            at = "k" if j == 0 else f"tl.maximum(k - {j}, 0)"  # states before x_0 equal x_0
+            loop.append(
+                f"h{i}_{j} = tl.load(TRAJ_{i} + {at} * layer + off, mask=mask, other=0.0).to(COMPUTE)"
+            )
+        for c in step.carried[i]:  # the backward differences of the loaded history
+            loop.append(f"{c} = {pr.doprint(in_history[c])}")
+    point, _ = _assignments(pr, [("p", step.point)], "bp")
+    loop += point
+    loop += [
+        "p = tl.where(mask, p, 0.0)",
+        "z = tl.dot(p.to(w.dtype), wt, input_precision=PREC)",
+    ]
+    targets = [("dz", adj.dz)]
+    targets += [(f"na{i}_{j}", e) for i, row in enumerate(adj.carried) for j, e in enumerate(row)]
+    targets += [(f"dq{m}", e) for m, e in enumerate(adj.scalars)]
+    targets += [(f"dc{m}", e) for m, e in enumerate(adj.channels)]
+    early, late = _assignments(pr, targets, "bt", late=[adj.dp])
+    loop += early
+    loop += [
+        "dz = tl.where(mask, dz, 0.0)",
+        "tl.store(DZ + k * layer + off, dz.to(DZ.dtype.element_ty), mask=mask)",
+        "if STORE_P:",
+        "    tl.store(PT + k * layer + off, p.to(PT.dtype.element_ty), mask=mask)",
+        f"{adj.dp} = tl.dot(dz.to(w.dtype), w, input_precision=PREC)",
+        *late,
+    ]
+    loop += [
+        f"gq{m} += tl.sum(tl.where(mask, dq{m}, 0.0), axis=0)" for m in range(len(step.scalars))
+    ]
+    loop += [
+        f"gc{m} += tl.sum(tl.where(mask, dc{m}, 0.0), axis=0)" for m in range(len(step.channels))
+    ]
+    carried = [f"a{i}_{j}" for i, row in enumerate(adj.carried) for j in range(len(row))]
+    loop.append(f"{', '.join(carried)} = {', '.join('n' + a for a in carried)}")
+    tail = [
+        # x_0 enters only c{i}_0 (its differences start at 0), so dL/dx_0 = a{i}_0.
+        f"tl.store(DX0_{i} + off, a{i}_0.to(DX0_{i}.dtype.element_ty), mask=mask)"
+        for i in ns
+    ]
+    nq, nc = len(step.scalars), len(step.channels)
+    tail += [
+        f"tl.store(DQ + tl.program_id(0) * {nq} + {m}, tl.sum(gq{m}, axis=0))" for m in range(nq)
+    ]
+    tail += [
+        f"tl.store(DC + (tl.program_id(0) * {nc} + {m}) * N + cols, gc{m}, mask=cols < N)"
+        for m in range(nc)
+    ]
+    return (
+        "@triton.jit\ndef tied_backward(\n"
+        + _indent(sig, 4)
+        + _CONSTEXPRS
+        + "    STORE_P: tl.constexpr,  # write p_k (False when p_k is a stored state)\n):\n"
+        + _PREAMBLE
+        + _indent(body, 4)
+        + "    for kk in range(depth):\n"
+        + _indent(loop, 8)
+        + _indent(tail, 4)
+    )
+
+
+def _layer(pr: TritonPrinter, step: TiedStep) -> str:
+    """One layer, one launch: grid (row tiles, output-column tiles), the reduction over the input
+    width in BLOCK_K chunks."""
+    h = step.history_symbols()
+    slots = [(i, j) for i in range(len(step.states)) for j in range(step.depths[i])]
+    point = step.point.xreplace(step.in_history())
+    news = [row[0].xreplace(step.in_history()) for row in step.update]
+    sig = [f"H{i}_{j},  # (B, n) {step.states[i]}_(k-{j}), a history value" for i, j in slots]
+    sig += [f"OUT_{i},  # (B, n_out) out: the new {s}" for i, s in enumerate(step.states)]
+    sig += ["W,  # (n_out, n_in) this layer's weight: z = p @ W^T"]
+    sig += [f"Q{m},  # () scalar parameter {name}" for m, name in enumerate(step.scalars)]
+    sig += [f"C{m},  # per-channel parameter {name}" for m, name in enumerate(step.channels)]
+    sig += ["M, N, K,  # rows B, output width, input width"]
+    sig += [f"sh{i}_{j}m, sh{i}_{j}n,  # strides of H{i}_{j}" for i, j in slots]
+    sig += ["swo, swi,  # strides of W"]
+
+    def loads(syms, at: str, m: str) -> list[str]:
+        out = []
+        for i, j in slots:
+            if h[i][j] in syms:
+                out.append(
+                    f"h{i}_{j} = tl.load(H{i}_{j} + rows[:, None] * sh{i}_{j}m + {at}[None, :] "
+                    f"* sh{i}_{j}n, mask={m}, other=0.0).to(COMPUTE)"
+                )
+        for c, sym in enumerate(step.ch):
+            if sym in syms:
+                out.append(
+                    f"ch{c} = tl.load(C{c} + {at}, mask={at} < {'K' if at == 'kc' else 'N'}, "
+                    "other=0.0).to(COMPUTE)[None, :]"
+                )
+        return out
+
+    body = [f"q{m} = tl.load(Q{m}).to(COMPUTE)" for m in range(len(step.scalars))]
+    body += ["acc = tl.zeros((BLOCK_M, BLOCK_N), COMPUTE)"]
+    loop = [
+        "kc = k0 + tl.arange(0, BLOCK_K)",
+        "kmask = (rows[:, None] < M) & (kc[None, :] < K)",
+        *loads(point.free_symbols, "kc", "kmask"),
+    ]
+    p_lines, _ = _assignments(pr, [("p", point)], "lp")
+    loop += p_lines
+    loop += [
+        "p = tl.where(kmask, p, 0.0)",
+        "wt = tl.load(W + kc[:, None] * swi + cols[None, :] * swo, "
+        "mask=(kc[:, None] < K) & (cols[None, :] < N), other=0.0)",
+        "acc = tl.dot(p.to(wt.dtype), wt, acc, input_precision=PREC)",
+    ]
+    used = set().union(*(e.free_symbols for e in news))
+    tail = ["z = acc", *loads(used, "cols", "mask")]
+    e_lines, _ = _assignments(pr, [(f"n{i}", e) for i, e in enumerate(news)], "le")
+    tail += e_lines
+    tail += [
+        f"tl.store(OUT_{i} + rows[:, None] * N + cols[None, :], n{i}.to(OUT_{i}.dtype.element_ty), "
+        "mask=mask)"
+        for i in range(len(step.states))
+    ]
+    return (
+        "@triton.jit\ndef layer_forward(\n"
+        + _indent(sig, 4)
+        + "    BLOCK_M: tl.constexpr,  # rows per program\n"
+        + "    BLOCK_N: tl.constexpr,  # output columns per program\n"
+        + "    BLOCK_K: tl.constexpr,  # input columns per step of the reduction\n"
+        + "    PREC: tl.constexpr,  # tl.dot input precision\n"
+        + "    COMPUTE: tl.constexpr,  # tl.float32, or tl.float64 for float64 inputs\n):\n"
+        + "    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)\n"
+        + "    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)\n"
+        + "    mask = (rows[:, None] < M) & (cols[None, :] < N)\n"
+        + _indent(body, 4)
+        + "    for k0 in range(0, K, BLOCK_K):\n"
+        + _indent(loop, 8)
+        + _indent(tail, 4)
+    )
+
+
+# -- loading ---------------------------------------------------------------------------------
+_MODULES: dict[int, tuple[TiedStep, ModuleType]] = {}
+
+
+def module(step: TiedStep) -> ModuleType:
+    """The generated kernels of ``step`` as a module, through `unroll.lowering.cache` (content-addressed,
+    ``$UNROLL_CACHE_DIR``, atomic, loaded from a real file because Triton reads kernel source
+    through `inspect`). Memoised by identity (`tied.lower` returns the same step each time):
+    generating costs tens of milliseconds of SymPy and hashing a step a fraction of one, both far
+    more than a launch of the kernel they serve."""
+    hit = _MODULES.get(id(step))
+    if hit is not None and hit[0] is step:
+        return hit[1]
+    _MODULES[id(step)] = (step, _load(step))
+    return _MODULES[id(step)][1]
+
+
+def _load(step: TiedStep) -> ModuleType:
+    from unroll import __version__
+    from unroll.lowering import cache
+
+    name = step.scheme.name or "scheme"
+    body = source(step)
+    digest = cache.key("tied", body, *cache.versions())
+    header = (
+        f"# Generated by unroll {__version__} from scheme {name!r} (activation "
+        f"{step.activation}), the weight-tied network kernels; do not edit.\n"
+        "import triton\nimport triton.language as tl\n\n\n"
+    )
+    stem = "tied_" + re.sub(r"\W", "_", name.encode("ascii", "replace").decode())
+    return cache.load(stem, digest, lambda: header + body)
