@@ -10,7 +10,8 @@ from torch import nn
 from torch.func import functional_call
 
 import unroll
-from unroll.lowering.nn import layer_form, lower
+from unroll.ir.layer_form import layer_form
+from unroll.lowering.nn.program import lower
 
 
 def mlp(width: int = 4) -> nn.Module:

@@ -20,7 +20,7 @@ pytest.importorskip("triton")
 
 import unroll  # noqa: E402
 from unroll import UnrollError  # noqa: E402
-from unroll.lowering.nn import layer_form  # noqa: E402
+from unroll.api import layer_form  # noqa: E402
 from unroll.lowering.triton import tied  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"

@@ -17,8 +17,8 @@ pytest.importorskip("triton")
 
 import unroll  # noqa: E402
 from benchmarks import tied as bench_tied  # noqa: E402
+from unroll.api import layer_form  # noqa: E402
 from unroll.cli import cli  # noqa: E402
-from unroll.lowering.nn import layer_form  # noqa: E402
 
 
 @pytest.mark.parametrize(("name", "coeff"), [("hb_net", "β"), ("agd_net", "β"), ("admm", "η")])

@@ -19,12 +19,13 @@ __version__ = "0.1.0"
 # Public names and the module that is their one home; imported on first use so that
 # `import unroll` stays cheap and Triton is only imported where it is needed.
 _LAZY = {
-    "Scheme": "unroll.frontend.scheme",
+    "Scheme": "unroll.api",
+    "compile": "unroll.api",
+    "load": "unroll.api",
+    "schemes": "unroll.api",
+    "layer_form": "unroll.api",
     "Parameter": "unroll.frontend.scheme",
     "State": "unroll.frontend.scheme",
-    "compile": "unroll.frontend.library",
-    "load": "unroll.frontend.library",
-    "schemes": "unroll.frontend.library",
     "objective": "unroll.analysis.objectives",
     "Objective": "unroll.analysis.objectives",
     "identify": "unroll.analysis.identification",

@@ -19,7 +19,9 @@ from torch import Tensor, nn
 
 from unroll.errors import UnrollError
 from unroll.experiments.parallel import Residual
+from unroll.frontend.library import schemes
 from unroll.ir import vocabulary as ir
+from unroll.lowering.nn.modules import network
 
 __all__ = [
     "Digits",
@@ -76,9 +78,7 @@ def scheme_net(scheme: str, depth: int, width: int, hidden: int, seed: int = 0) 
     the ResNet block x + h f(x)) with each branch (f, or f_1, f_2, ...) = Linear(width, hidden)
     → tanh → Linear(hidden, width), one per block and branch, then width → 10: the network
     `grow` widens (the ``hidden`` units). The scheme must be an ODE scheme with one state."""
-    import unroll
-
-    spec = unroll.schemes[scheme]  # an UnrollError naming the scheme if there is none
+    spec = schemes[scheme]  # an UnrollError naming the scheme if there is none
     if spec.kind != "ode" or len(spec.states) != 1:
         raise UnrollError(
             f"scheme {scheme!r} ({spec.kind}, states {', '.join(spec.states)}) has no network "
@@ -95,7 +95,7 @@ def scheme_net(scheme: str, depth: int, width: int, hidden: int, seed: int = 0) 
     def branch() -> nn.Module:
         return nn.Sequential(nn.Linear(width, hidden), nn.Tanh(), nn.Linear(hidden, width))
 
-    net = spec.network(depth, dim=width, f=dict.fromkeys(names, branch), backend="torch")
+    net = network(spec, depth, dim=width, f=dict.fromkeys(names, branch), backend="torch")
     # float32 whatever the default dtype: the data is float32.
     return nn.Sequential(nn.Linear(FEATURES, width), net, nn.Linear(width, CLASSES)).float()
 

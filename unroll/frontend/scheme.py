@@ -5,15 +5,16 @@ what a scheme file says about them (parameters, initial values, activation, refe
 fact that follows from the equations (states and their history depth, stages, parameters, kind,
 explicitness) is derived here when the value is built, never passed in.
 
-The methods at the end are the public entry points of the later passes; each one is a thin
-call into the module that is that pass's one home.
+`Scheme` is a passive value: it knows its equations and what follows from them, and nothing of
+the passes that read it. What users call on it (``run``, ``network``, ``order``, ...) lives on
+the subclass `unroll.api.Scheme`, which `unroll.compile` and `unroll.schemes` return.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass, field, fields
+from typing import Literal
 
 import sympy as sp
 
@@ -303,6 +304,17 @@ class Scheme:
                     )
         return None
 
+    # -- value semantics: equal schemes are equal whatever their class (a `unroll.api.Scheme` and
+    # the plain one it wraps), so memoised passes share their entries -----------------------
+    def _key(self) -> tuple:
+        return tuple(getattr(self, f.name) for f in fields(self) if f.compare)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Scheme) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
     # -- printing --------------------------------------------------------------------------
     def __str__(self) -> str:
         return "\n".join(equation_text(eq) for eq in self.equations)
@@ -318,87 +330,3 @@ class Scheme:
     def defaults(self) -> dict[str, float]:
         """Parameter defaults from the scheme file (those that have one)."""
         return {n: p.default for n, p in self.parameters.items() if p.default is not None}
-
-    # -- passes ----------------------------------------------------------------------------
-    def run(self, x0: Any, steps: int, **kwargs: Any) -> Any:
-        """Execute the scheme with PyTorch; see `unroll.lowering.eager.run.run`."""
-        from unroll.lowering.eager.run import run
-
-        return run(self, x0, steps, **kwargs)
-
-    def objective(self, activation: Any = None) -> Any:
-        """The objective F behind this scheme's layer for ``activation`` (default: the scheme's);
-        see `unroll.analysis.objectives.objective`."""
-        from unroll.analysis.objectives import objective
-
-        act = activation if activation is not None else self.activation
-        if act is None:
-            raise UnrollError(f"scheme {self.name or str(self)!r} names no activation: pass one")
-        return objective(act)
-
-    def layer(self, **options: Any) -> Any:
-        """One layer (block) of the network this scheme stands for; see `unroll.lowering.nn.layer`."""
-        from unroll.lowering.nn import layer
-
-        return layer(self, **options)
-
-    def network(self, depth: int, **options: Any) -> Any:
-        """``depth`` unrolled steps as a `torch.nn.Module`; see `unroll.lowering.nn.network`."""
-        from unroll.lowering.nn import network
-
-        return network(self, depth, **options)
-
-    # Analyses (unroll/analysis/): each a pure function of the scheme.
-    def order(self) -> int:
-        """The order of consistency of an ODE scheme (0 when inconsistent)."""
-        from unroll.analysis import order
-
-        return order(self)
-
-    def characteristic_roots(self) -> list:
-        """Roots of the first characteristic polynomial ρ(ζ) of an ODE scheme."""
-        from unroll.analysis import characteristic_roots
-
-        return characteristic_roots(self)
-
-    def is_zero_stable(self) -> bool:
-        """The root condition on ρ(ζ)."""
-        from unroll.analysis import is_zero_stable
-
-        return is_zero_stable(self)
-
-    def stability_function(self) -> sp.Expr:
-        """R(z) for one-step schemes, the stability polynomial in ζ and z = hλ for multistep ones."""
-        from unroll.analysis import stability_function
-
-        return stability_function(self)
-
-    def stability_region(self, *args: Any, **kwargs: Any) -> Any:
-        """The absolute-stability region sampled on a grid (and optionally plotted)."""
-        from unroll.analysis import stability_region
-
-        return stability_region(self, *args, **kwargs)
-
-    def modified_equation(self, terms: int = 2) -> sp.Expr:
-        """The modified equation of an ODE scheme, to ``terms`` correction terms."""
-        from unroll.analysis import modified_equation
-
-        return modified_equation(self, terms)
-
-    def iteration_matrix(self) -> sp.Matrix:
-        """One step of an optimizer scheme on F = ½λx² as a matrix on its stacked history."""
-        from unroll.analysis import iteration_matrix
-
-        return iteration_matrix(self)
-
-    def rate(self, mu: float, L: float, **params: Any) -> float:
-        """The worst-case linear rate over λ ∈ [μ, L] of an optimizer scheme."""
-        from unroll.analysis import rate
-
-        return rate(self, mu, L, **params)
-
-    def tune(self, mu: float, L: float) -> dict:
-        """Parameters minimising `rate` over λ ∈ [μ, L]."""
-        from unroll.analysis import tune
-
-        return tune(self, mu, L)
