@@ -7,8 +7,8 @@ Implements, per element (the coefficients are the same for every element, or eve
 one channel):
     x_kp1 = c_1*x_k + c_2*(c_3*x_k + o_0) + o_1
 The operator outputs are computed by PyTorch before the kernel runs:
-    o_0 = f_1(t, x_k)
-    o_1 = f_2(t, c_3*x_k + o_0)
+    o_0 = f_1(x_k)
+    o_1 = f_2(c_3*x_k + o_0)
 """
 
 import torch
@@ -28,8 +28,8 @@ TILE = 4096  # elements per program
 @triton.jit
 def fractalnet_fwd_kernel(
     x_k_ptr,  # in: x_k
-    o_0_ptr,  # in: o_0 = f_1(t, x_k)
-    o_1_ptr,  # in: o_1 = f_2(t, c_3*x_k + o_0)
+    o_0_ptr,  # in: o_0 = f_1(x_k)
+    o_1_ptr,  # in: o_1 = f_2(c_3*x_k + o_0)
     c_1_ptr,  # in: c_1 (parameter), 1 element
     c_2_ptr,  # in: c_2 (parameter), 1 element
     c_3_ptr,  # in: c_3 (parameter), 1 element
@@ -59,7 +59,7 @@ def fractalnet_fwd_kernel(
 def fractalnet_bwd_kernel(
     gy_x_kp1_ptr,  # in: dL/d x's new value
     x_k_ptr,  # in: x_k (saved)
-    o_0_ptr,  # in: o_0 = f_1(t, x_k) (saved)
+    o_0_ptr,  # in: o_0 = f_1(x_k) (saved)
     c_1_ptr,  # in: c_1 (parameter), 1 element
     c_2_ptr,  # in: c_2 (parameter), 1 element
     c_3_ptr,  # in: c_3 (parameter), 1 element
@@ -276,8 +276,8 @@ def update(x_k, o_0, o_1, c_1, c_2, c_3):
     Shapes (all tensors on one device, of one float dtype; float16 and bfloat16 compute in
     float32; non-contiguous inputs are copied to contiguous, or channels-last, memory):
         x_k: the state shape, (N, C, *spatial) or (N, C) or any shape -- x_k
-        o_0: the state shape, (N, C, *spatial) or (N, C) or any shape -- o_0 = f_1(t, x_k)
-        o_1: the state shape, (N, C, *spatial) or (N, C) or any shape -- o_1 = f_2(t, c_3*x_k + o_0)
+        o_0: the state shape, (N, C, *spatial) or (N, C) or any shape -- o_0 = f_1(x_k)
+        o_1: the state shape, (N, C, *spatial) or (N, C) or any shape -- o_1 = f_2(c_3*x_k + o_0)
         c_1: a number or a 1-element tensor -- c_1
         c_2: a number or a 1-element tensor -- c_2
         c_3: a number or a 1-element tensor -- c_3

@@ -7,8 +7,8 @@ Implements, per element (the coefficients are the same for every element, or eve
 one channel):
     x_kp1 = o_0 + o_1 + x_k
 The operator outputs are computed by PyTorch before the kernel runs:
-    o_0 = f(t, x_k)
-    o_1 = f(t, o_0)
+    o_0 = f(x_k)
+    o_1 = f(o_0)
 """
 
 import torch
@@ -28,8 +28,8 @@ TILE = 4096  # elements per program
 @triton.jit
 def polynet_fwd_kernel(
     x_k_ptr,  # in: x_k
-    o_0_ptr,  # in: o_0 = f(t, x_k)
-    o_1_ptr,  # in: o_1 = f(t, o_0)
+    o_0_ptr,  # in: o_0 = f(x_k)
+    o_1_ptr,  # in: o_1 = f(o_0)
     out_x_kp1_ptr,  # out: x's new value
     M, K, C, GRID_K,  # the view: M rows of K contiguous elements; C channels; tiles per row
     CHANNEL_ROWS: tl.constexpr,  # per-channel values: channel = row % C (NCHW), else the column
@@ -244,8 +244,8 @@ def update(x_k, o_0, o_1):
     Shapes (all tensors on one device, of one float dtype; float16 and bfloat16 compute in
     float32; non-contiguous inputs are copied to contiguous, or channels-last, memory):
         x_k: the state shape, (N, C, *spatial) or (N, C) or any shape -- x_k
-        o_0: the state shape, (N, C, *spatial) or (N, C) or any shape -- o_0 = f(t, x_k)
-        o_1: the state shape, (N, C, *spatial) or (N, C) or any shape -- o_1 = f(t, o_0)
+        o_0: the state shape, (N, C, *spatial) or (N, C) or any shape -- o_0 = f(x_k)
+        o_1: the state shape, (N, C, *spatial) or (N, C) or any shape -- o_1 = f(o_0)
 
     Every output has the inputs' shape and dtype. Per-channel values index dimension 1 (NCHW
     and (N, C)), channels-last 4-D inputs are kept channels-last. Differentiable in every

@@ -8,8 +8,8 @@ one channel):
     X_kp1 = X_k + o_0
     Y_kp1 = Y_k + o_1
 The operator outputs are computed by PyTorch before the kernel runs:
-    o_0 = f(t, Y_k)
-    o_1 = g(t, X_k + o_0)
+    o_0 = f(Y_k)
+    o_1 = g(X_k + o_0)
 """
 
 import torch
@@ -30,8 +30,8 @@ TILE = 4096  # elements per program
 def revnet_fwd_kernel(
     X_k_ptr,  # in: X_k
     Y_k_ptr,  # in: Y_k
-    o_0_ptr,  # in: o_0 = f(t, Y_k)
-    o_1_ptr,  # in: o_1 = g(t, X_k + o_0)
+    o_0_ptr,  # in: o_0 = f(Y_k)
+    o_1_ptr,  # in: o_1 = g(X_k + o_0)
     out_X_kp1_ptr,  # out: X's new value
     out_Y_kp1_ptr,  # out: Y's new value
     M, K, C, GRID_K,  # the view: M rows of K contiguous elements; C channels; tiles per row
@@ -256,8 +256,8 @@ def update(X_k, Y_k, o_0, o_1):
     float32; non-contiguous inputs are copied to contiguous, or channels-last, memory):
         X_k: the state shape, (N, C, *spatial) or (N, C) or any shape -- X_k
         Y_k: the state shape, (N, C, *spatial) or (N, C) or any shape -- Y_k
-        o_0: the state shape, (N, C, *spatial) or (N, C) or any shape -- o_0 = f(t, Y_k)
-        o_1: the state shape, (N, C, *spatial) or (N, C) or any shape -- o_1 = g(t, X_k + o_0)
+        o_0: the state shape, (N, C, *spatial) or (N, C) or any shape -- o_0 = f(Y_k)
+        o_1: the state shape, (N, C, *spatial) or (N, C) or any shape -- o_1 = g(X_k + o_0)
 
     Every output has the inputs' shape and dtype. Per-channel values index dimension 1 (NCHW
     and (N, C)), channels-last 4-D inputs are kept channels-last. Differentiable in every

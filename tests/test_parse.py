@@ -40,14 +40,22 @@ def test_spellings_of_the_same_scheme(text):
 def test_index_letter_comes_from_the_left_hand_side_so_k_can_be_a_coefficient():
     (eq,) = parse("u_<n+1> = u_n + k f(u_n)")
     assert eq.lhs == u[n + 1]
-    assert sp.expand(eq.rhs - (u[n] + sp.Symbol("k") * f(ir.T, u[n]))) == 0
+    assert sp.expand(eq.rhs - (u[n] + sp.Symbol("k") * f(u[n]))) == 0
 
 
 def test_stages_and_fractions_with_juxtaposition():
     eqs = parse("a = f(x_k); x_<k+1> = x_k + h/6 (a + 2a) + 2h f(t + h/2, x_k)")
-    assert eqs[0] == sp.Eq(a, f(ir.T, x[k]), evaluate=False)
+    assert eqs[0] == sp.Eq(a, f(x[k]), evaluate=False)  # f(x): an autonomous field
     want = x[k] + h / 6 * (3 * a) + 2 * h * f(ir.T + h / 2, x[k])
     assert sp.expand(eqs[1].rhs - want) == 0
+
+
+def test_f_of_x_is_autonomous_and_f_of_t_x_is_not():
+    (auto,) = parse("x_<k+1> = x_k + h f(x_k)")
+    (timed,) = parse("x_<k+1> = x_k + h f(t, x_k)")
+    assert auto.rhs.has(f(x[k])) and not auto.rhs.has(ir.T)
+    assert timed.rhs.has(f(ir.T, x[k]))
+    assert auto != timed
 
 
 def test_equations_separated_by_newlines_and_semicolons_keep_their_order():

@@ -185,7 +185,7 @@ def _atom(e: sp.Basic, k: sp.Symbol, coeff: sp.Expr) -> list:
     if kind in (None, "elementary"):
         raise _NotLinear  # a power or elementary function of a state
     name = e.func.__name__
-    args = e.args[1:] if kind == "branch" else e.args
+    args = e.args[-1:] if kind == "branch" else e.args
     if len(args) != 1:
         raise _NotLinear
     inner = _lincomb(args[0], k)

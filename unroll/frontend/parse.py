@@ -541,10 +541,8 @@ class _Parser:
         if ir.is_branch_name(name):
             if not self.is_op("("):
                 raise self.error(f"{name} is an operator: write {name}(x_k) or {name}(t, x_k)", tok)
-            args = self.call_args(name)
-            if len(args) == 1:
-                args = [ir.T, args[0]]
-            if len(args) != 2:
+            args = self.call_args(name)  # f(x): an autonomous field; f(t, x): a time-dependent one
+            if len(args) not in (1, 2):
                 raise self.error(f"{name} takes (x) or (t, x), not {len(args)} arguments", tok)
             return ir.branch(name)(*args)
         if ir.is_linear_name(name):

@@ -38,8 +38,6 @@ class SchemePrinter(StrPrinter):
     def _print_Function(self, expr: sp.Function) -> str:
         kind = ir.operator_kind(expr)
         name = expr.func.__name__
-        if kind == "branch" and expr.args[0] == ir.T:
-            return f"{name}({self._print(expr.args[1])})"
         if kind in ("grad", "branch", "act", "linear"):
             return f"{name}({', '.join(self._print(a) for a in expr.args)})"
         return super()._print_Function(expr)
@@ -104,8 +102,7 @@ class SchemeLatexPrinter(LatexPrinter):
             return super()._print_Function(expr, exp)
         name = expr.func.__name__
         head = {"∇F": r"\nabla F", "φ": r"\varphi"}.get(name, name)
-        args = expr.args[1:] if kind == "branch" and expr.args[0] == ir.T else expr.args
-        body = rf"{head}\left({', '.join(self._print(a) for a in args)}\right)"
+        body = rf"{head}\left({', '.join(self._print(a) for a in expr.args)}\right)"
         return f"{body}^{{{exp}}}" if exp else body
 
 

@@ -89,6 +89,11 @@ def compile_expr(expr: sp.Basic, frame: Frame) -> Closure:
         if kind == "elementary":
             fn = _ELEMENTARY[expr.func]
             return lambda env, ops: fn(args[0](env, ops))
+        if kind == "branch" and len(args) == 1:
+            # An autonomous f(x): the callable still takes (t, x), as torchdiffeq's do; it is
+            # handed the step's time t_k, which an autonomous field does not read.
+            name, (x,), time = expr.func.__name__, args, compile_expr(ir.T, frame)
+            return lambda env, ops: ops[name](time(env, ops), x(env, ops))
         if kind is not None:
             name = expr.func.__name__
             return lambda env, ops: ops[name](*(a(env, ops) for a in args))

@@ -70,7 +70,7 @@ def lower(form: Scheme) -> Program:
     def walk(e: sp.Basic) -> sp.Basic:
         if isinstance(e, sp.Function) and ir.operator_kind(e) in CALLED:
             kind = ir.operator_kind(e)
-            args = e.args[1:] if kind == "branch" else e.args
+            args = e.args[-1:] if kind == "branch" else e.args  # a branch module takes x
             if len(args) != 1:
                 raise UnrollError(f"{e}: an operator in a network takes one tensor argument")
             arg = walk(args[0].xreplace(subst))  # self-contained: no stages, no new values
