@@ -153,6 +153,7 @@ def layer_form(scheme: Scheme) -> Scheme:
         parameter_specs=tuple(specs),
         inits={n: v for n, v in scheme.inits.items() if n in states},
         activation=scheme.activation,
+        startup=scheme.startup,
         architecture=scheme.architecture,
         notes=scheme.notes,
     )

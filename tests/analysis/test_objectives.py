@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 import unroll
 import unroll.analysis.objectives as objective_module  # noqa: E402
+from tests import ROOT
 from unroll import UnrollError
 from unroll.analysis.objectives import Objective, check_activation, objective, t
 from unroll.ir import activations
@@ -432,7 +433,6 @@ def test_public_names_and_printing():
 
 def test_docs_table_is_current():
     """docs/objectives.md carries the generated table verbatim."""
-    from pathlib import Path
 
-    doc = Path(__file__).parents[1] / "docs" / "objectives.md"
+    doc = ROOT / "docs" / "objectives.md"
     assert objective_module.table() in doc.read_text(encoding="utf-8")

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from click.testing import CliRunner
 
 import unroll
+from tests import ROOT
 from unroll.cli import cli
 from unroll.lowering.triton.emit import emit, module_stem
 
-KERNELS = Path(__file__).resolve().parent.parent / "kernels"
+KERNELS = ROOT / "kernels"
 
 
 def test_emit_writes_the_module_and_prints_the_equations(tmp_path):

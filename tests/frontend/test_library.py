@@ -2,12 +2,12 @@
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 import unroll
+from tests import ROOT
 
 REQUIRED = [
     "gradient_descent", "heavy_ball", "nesterov", "nesterov_schedule", "proximal_gradient",
@@ -127,7 +127,7 @@ def test_missing_file_and_unknown_name():
 @pytest.mark.slow
 def test_schemes_ship_with_a_plain_install(tmp_path):
     """A non-editable wheel carries the YAML library as package data."""
-    root = Path(__file__).resolve().parents[1]
+    root = ROOT
     wheel_dir = tmp_path / "wheel"
     subprocess.run(
         [
