@@ -82,7 +82,7 @@ def eager_network(scheme: Any, depth: int, activation: str | None = None) -> Cal
     values = [float(c) for c in consts]
     depths = step.depths
 
-    from unroll.lowering.eager.run import primary_state
+    from unroll.lowering.eager.states import primary_state
 
     single = primary_state(step.scheme)
     out = step.states.index(single)

@@ -1,4 +1,4 @@
-"""The modified equation: LM-ResNet's against BACKGROUND section 3, and its meaning measured: the
+"""The modified equation: LM-ResNet's against docs/theory.md section 3, and its meaning measured: the
 scheme converges at first order to the solution of the equation it states, not to u̇ = f(u)."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ def test_lm_resnet_modified_equation_is_the_papers():
     eq = modified_equation(unroll.schemes["lm_resnet"], terms=2)
     t, h, kappa = sp.Symbol("t"), sp.Symbol("h"), sp.Symbol("κ")
     u, f = sp.Function("u")(t), sp.Function("f")
-    # (1 + κ) u̇ + (1 − κ)(Δt/2) ü + (1 + κ)(Δt²/6) u⃛ = f(u), written out from BACKGROUND.
+    # (1 + κ) u̇ + (1 − κ)(Δt/2) ü + (1 + κ)(Δt²/6) u⃛ = f(u), written out from docs/theory.md.
     expected = (1 + kappa) * u.diff(t) + (1 - kappa) * h / 2 * u.diff(t, 2)
     expected += (1 + kappa) * h**2 / 6 * u.diff(t, 3)
     assert sp.simplify(eq.lhs - expected) == 0

@@ -1,6 +1,6 @@
 """Derived objectives, tested both ways (STYLE.md): the derived g against a numerical argmin
 (prox_g = φ), F against the layers (it never increases), g against the closed forms of
-BACKGROUND.md section 2, and the refusals for activations that are not proximal maps.
+docs/theory.md section 2, and the refusals for activations that are not proximal maps.
 
 The references here never come from unroll's own output: a grid-plus-golden-section argmin,
 the layer map itself, closed forms written by hand, mpmath.
@@ -143,7 +143,7 @@ def test_descent_check_has_teeth():
     assert (F[1:] - F[:-1] > 1e-6).any()
 
 
-# --- closed forms (BACKGROUND.md section 2, and ones derived by hand) --------------------------
+# --- closed forms (docs/theory.md section 2, and ones derived by hand) --------------------------
 
 
 def _interior(obj: Objective, k: int = 9) -> torch.Tensor:
@@ -165,7 +165,7 @@ def _elu(alpha):
 
 
 CLOSED_FORMS = {
-    # BACKGROUND.md: up to an additive constant.
+    # docs/theory.md: up to an additive constant.
     "leaky_relu(0.1)": _leaky(0.1),
     "leaky_relu(0.5)": _leaky(0.5),
     "sigmoid": lambda s: s * math.log(s) + (1 - s) * math.log(1 - s) - s * s / 2,

@@ -83,7 +83,7 @@ def test_bundled_orders_against_the_literature():
 
 def test_lm_resnet_is_consistent_only_at_kappa_zero():
     s = unroll.schemes["lm_resnet"]
-    assert order(s) == 0  # generic κ: (1 + κ)u̇ = f is solved instead, BACKGROUND section 3
+    assert order(s) == 0  # generic κ: (1 + κ)u̇ = f is solved instead, docs/theory.md section 3
     assert order(s, kappa=0) == 1
     assert abs(measured_slope(s, [16, 32, 64], κ=0.0) - 1) <= SLOPE_TOL
 

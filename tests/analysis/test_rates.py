@@ -1,5 +1,5 @@
 """Rates against measured contraction of `Scheme.run` on quadratics, and the tuned parameters
-against BACKGROUND section 4 (κ = 100: GD 0.980, Nesterov 0.900, heavy ball 0.818)."""
+against docs/theory.md section 4 (κ = 100: GD 0.980, Nesterov 0.900, heavy ball 0.818)."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def test_rate_is_the_measured_contraction(name, params):
 
 
 def test_background_numbers_for_kappa_100():
-    # BACKGROUND section 4 prints three digits.
+    # docs/theory.md section 4 prints three digits.
     gd, hb, nag = (unroll.schemes[n] for n in ("gradient_descent", "heavy_ball", "nesterov"))
     assert rate(gd, MU, L, **tune(gd, MU, L)) == pytest.approx(0.980, abs=5e-4)
     assert rate(hb, MU, L, **tune(hb, MU, L)) == pytest.approx(0.818, abs=5e-4)

@@ -84,7 +84,7 @@ def test_stability_polynomial_predicts_the_measured_growth(name, zs):
 def test_lm_resnet_characteristic_roots_and_root_condition():
     s = unroll.schemes["lm_resnet"]
     kappa = sp.Symbol("κ")
-    # BACKGROUND section 3: ρ(ζ) = (ζ − 1)(ζ + κ).
+    # docs/theory.md section 3: ρ(ζ) = (ζ − 1)(ζ + κ).
     assert sorted(characteristic_roots(s), key=str) == sorted([sp.S.One, -kappa], key=str)
     for k, stable in [(-0.05, True), (0.9, True), (1.0, True), (-1.0, False), (1.5, False)]:
         assert is_zero_stable(s, kappa=k) is stable, k

@@ -34,7 +34,7 @@ def test_json_carries_the_same_facts():
     data = json.loads(r.output)
     assert data["kind"] == "optimizer"
     assert set(data["tuned"]) == {"α", "β"}
-    assert data["tuned_rate"] == pytest.approx(9 / 11)  # (√100 − 1)/(√100 + 1), BACKGROUND 4
+    assert data["tuned_rate"] == pytest.approx(9 / 11)  # (√100 − 1)/(√100 + 1), docs/theory.md section 4
     assert data["order"] is None and "not applicable" in data["notes"]["order"]
 
 

@@ -17,7 +17,7 @@ def test_sigmoid():
     assert r.exit_code == 0, r.output
     out = r.stdout
     assert "φ(v) = 1/(1 + exp(-v))" in out
-    # BACKGROUND.md: g = t ln t + (1 − t) ln(1 − t) − t²/2 (+ a constant) on (0, 1).
+    # docs/theory.md: g = t ln t + (1 − t) ln(1 − t) − t²/2 (+ a constant) on (0, 1).
     assert "t*log(t)" in out and "(1 - t)*log(1 - t)" in out and "-t**2/2" in out
     assert "t in [0, 1], +oo elsewhere" in out
     assert "F(x) = 1/2 x.T*(I - W)*x - b.T*x" in out

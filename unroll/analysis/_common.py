@@ -25,9 +25,8 @@ from typing import Any
 import sympy as sp
 
 from unroll.errors import UnrollError
+from unroll.frontend.scheme import STEP_NAMES, canonical_params
 from unroll.ir import vocabulary as ir
-
-STEP_NAMES = ("h", "Δt", "dt")
 
 
 def label(scheme) -> str:
@@ -74,8 +73,6 @@ def exact_number(value: Any, where: str) -> sp.Expr:
 def substitutions(scheme, params: Mapping[str, Any], *, defaults: bool) -> dict:
     """Symbol -> exact value for the given parameters (``alpha`` names ``α``), plus the scheme's
     defaults for the others when ``defaults`` is true."""
-    from unroll.lowering.eager.run import canonical_params
-
     values = dict(scheme.defaults()) if defaults else {}
     values.update(canonical_params(scheme, params))
     return {sp.Symbol(n): exact_number(v, f"parameter {n}") for n, v in values.items()}

@@ -1,6 +1,6 @@
 """The objective behind a layer: φ = prox_g, and x_{k+1} = φ(W x_k + b) descends F.
 
-BACKGROUND.md section 2. For a coordinate-wise φ that is continuous, non-decreasing and has slope
+docs/theory.md section 2. For a coordinate-wise φ that is continuous, non-decreasing and has slope
 at most 1, φ is the proximal map of the convex function
 
     g(t) = ∫ (φ⁻¹(s) − s) ds   on the range of φ, +∞ outside it,

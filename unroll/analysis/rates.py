@@ -2,7 +2,7 @@
 
 On F(x) = ½ λ x² every ∇F(p) is λp, and one step is a linear map M(λ) of the stacked history
 (x_k, x_{k−1}, ...; every state and as many past values as the scheme reads). The rate over
-λ ∈ [μ, L] is max_λ ρ(M(λ)), ρ the spectral radius (BACKGROUND section 4).
+λ ∈ [μ, L] is max_λ ρ(M(λ)), ρ the spectral radius (docs/theory.md section 4).
 
 The maximum over λ can only sit at an end of the interval, where two eigenvalues meet (a zero of
 the discriminant of det(ζI − M(λ)) in ζ) or where a real eigenvalue is stationary (a common zero
@@ -226,7 +226,7 @@ FAMILIES = (
         ZETA - (1 - _a * LAM),
         {_a: 2 / (L_ + MU)},
         (_k - 1) / (_k + 1),
-        "BACKGROUND section 4",
+        "docs/theory.md section 4",
     ),
     Family(
         "heavy ball",
@@ -237,7 +237,7 @@ FAMILIES = (
             _b: ((sp.sqrt(_k) - 1) / (sp.sqrt(_k) + 1)) ** 2,
         },
         (sp.sqrt(_k) - 1) / (sp.sqrt(_k) + 1),
-        "Polyak 1964; BACKGROUND section 4",
+        "Polyak 1964; docs/theory.md section 4",
     ),
     Family(
         "Nesterov",

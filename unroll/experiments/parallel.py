@@ -1,4 +1,4 @@
-"""Deep to parallel: a stack of residual blocks as one wide layer (BACKGROUND.md section 6).
+"""Deep to parallel: a stack of residual blocks as one wide layer (docs/theory.md section 6).
 
 A stack x_k = x_{k−1} + f_k(x_{k−1}), k = 1..K, expands like a Taylor series:
 

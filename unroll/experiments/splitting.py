@@ -1,4 +1,4 @@
-"""Growing width by splitting steepest descent (BACKGROUND.md section 5).
+"""Growing width by splitting steepest descent (docs/theory.md section 5).
 
 A neuron is one output unit of a ``Linear`` layer (or one output channel of a ``Conv2d``)
 followed by a smooth activation σ. With θ its incoming weights and bias and z = σ(θᵀx) its

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Literal
+from typing import Any, Literal
 
 import sympy as sp
 
 from unroll.errors import UnrollError
+from unroll.frontend.parse import GREEK
 from unroll.frontend.printing import equation_latex, equation_text
 from unroll.ir import vocabulary as ir
 
@@ -79,6 +80,9 @@ class State:
     depth: int
     init: float | None = None
     scalar: bool = False
+
+
+STEP_NAMES = ("h", "Δt", "dt")  # the parameter names an ODE scheme's step goes by
 
 
 Kind = Literal["optimizer", "ode", "layer"]
@@ -330,3 +334,18 @@ class Scheme:
     def defaults(self) -> dict[str, float]:
         """Parameter defaults from the scheme file (those that have one)."""
         return {n: p.default for n, p in self.parameters.items() if p.default is not None}
+
+
+def canonical_params(scheme: Scheme, params: Mapping[str, Any]) -> dict[str, Any]:
+    """Keyword values by the scheme's parameter names (``alpha`` is accepted for ``α``);
+    unknown names are an `UnrollError` naming them."""
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        name = GREEK.get(key, key)
+        if name not in scheme.parameters:
+            known = ", ".join(scheme.parameters) or "none"
+            raise UnrollError(
+                f"unknown parameter {key!r} for scheme {scheme.name or str(scheme)!r}; its parameters: {known}"
+            )
+        out[name] = value
+    return out

@@ -2,7 +2,7 @@
 
 ``layer_form(scheme) -> Scheme``. ODE and layer schemes are already layers (``f`` is the residual
 branch; ``φ`` and ``W`` are the layer) and come back unchanged. An optimizer scheme, one with
-``∇F``, is realised by the proximal-gradient reading of BACKGROUND section 2:
+``∇F``, is realised by the proximal-gradient reading of docs/theory.md section 2:
 
 - with h(x) = ½ xᵀ(I − W₀)x − b₀ᵀx one has p − α∇h(p) = W p + b for W = (1 − α)I + αW₀ and
   b = αb₀, so a gradient term ``c ∇F(p)`` of a state update is replaced by ``W p + b − p``

@@ -65,7 +65,7 @@ def test_layer_form_refuses_what_the_prox_reading_cannot_realise(text, message):
 
 
 def test_identity_activation_reproduces_the_optimizer_on_a_quadratic():
-    # BACKGROUND section 2: with φ = identity, W = I − αA and b = αc, the layer is the optimizer
+    # docs/theory.md section 2: with φ = identity, W = I − αA and b = αc, the layer is the optimizer
     # step on F(x) = ½xᵀAx − cᵀx; Scheme.run computes that step with autograd's gradient.
     torch.manual_seed(1)
     n, alpha, beta = 5, 0.1, 0.6
@@ -416,7 +416,7 @@ def test_program_has_one_block_update_after_the_operators():
 
 # -- the objective along the layers ---------------------------------------------------------------
 def test_objective_descends_along_a_proximal_gradient_network():
-    # BACKGROUND section 2: with W symmetric, 0 ⪯ W ⪯ I and φ = prox_g (tanh), F never increases.
+    # docs/theory.md section 2: with W symmetric, 0 ⪯ W ⪯ I and φ = prox_g (tanh), F never increases.
     torch.manual_seed(0)
     n = 6
     net = (

@@ -13,30 +13,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from unroll.errors import UnrollError
-from unroll.frontend.parse import GREEK
+from unroll.frontend.scheme import STEP_NAMES, canonical_params
 from unroll.ir import vocabulary as ir
 from unroll.lowering.eager.evaluate import StepFrame, execute
+from unroll.lowering.eager.states import advance, initial_history, initial_states, stack_path
 
 if TYPE_CHECKING:
     from unroll.frontend.scheme import Scheme
-
-STEP_NAMES = ("h", "Δt", "dt")
-
-
-def canonical_params(scheme: Scheme, params: Mapping[str, Any]) -> dict[str, Any]:
-    """Keyword values by the scheme's parameter names (``alpha`` is accepted for ``α``);
-    unknown names are an `UnrollError` naming them."""
-    out: dict[str, Any] = {}
-    for key, value in params.items():
-        name = GREEK.get(key, key)
-        if name not in scheme.parameters:
-            known = ", ".join(scheme.parameters) or "none"
-            raise UnrollError(
-                f"unknown parameter {key!r} for scheme {scheme.name or str(scheme)!r}; its parameters: {known}"
-            )
-        out[name] = value
-    return out
-
 
 def gradient_of(F: Callable) -> Callable:
     """x -> ∇F(x) by autograd. A non-scalar F(x) (a batch of values) is summed, so each row of a
@@ -230,68 +213,3 @@ def _startup_stepper(
     return Stepper(boot, ops, params)
 
 
-def initial_history(scheme: Scheme, current: Mapping[str, Any]) -> dict[str, list]:
-    """Each state's history [x_k, x_<k-1>, ...] at the start: older values equal the initial one."""
-    return {n: [current[n]] * max(s.depth, 1) for n, s in scheme.states.items()}
-
-
-def advance(history: dict[str, list], new: Mapping[str, Any]) -> None:
-    """Put each state's new value in front of its history, dropping the oldest."""
-    for name, value in new.items():
-        history[name] = [value, *history[name][:-1]]
-
-
-def stack_path(path: list[Mapping[str, Any]], final: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """The states of every step stacked along a new first dimension (scalars broadcast to the
-    final shape, as a θ that starts as a number)."""
-    return {
-        n: torch.stack([torch.as_tensor(p[n]).expand_as(final[n]) for p in path]) for n in final
-    }
-
-
-def primary_state(scheme: Scheme) -> str:
-    """The state a plain-tensor x0 stands for: the one without an initial value of its own."""
-    free = [n for n, s in scheme.states.items() if s.init is None and s.depth > 0]
-    if len(free) == 1:
-        return free[0]
-    if not free:
-        return next(iter(scheme.states))
-    raise UnrollError(f"x0 must be a mapping naming the states {', '.join(free)}")
-
-
-def initial_states(scheme: Scheme, x0: Any) -> tuple[dict[str, Any], str | None]:
-    """Every state's starting value, and the state name a tensor x0 was given for (else None)."""
-    if isinstance(x0, torch.Tensor):
-        single = primary_state(scheme)
-        given = {single: x0}
-    elif isinstance(x0, Mapping):
-        single = None
-        given = dict(x0)
-        for name in given:
-            if name not in scheme.states:
-                raise UnrollError(
-                    f"x0[{name!r}]: {name} is not a state; states: {', '.join(scheme.states)}"
-                )
-    else:
-        raise UnrollError(
-            f"x0 must be a tensor or a mapping of state names to tensors, not {type(x0).__name__}"
-        )
-    ref = next((v for v in given.values() if isinstance(v, torch.Tensor)), None)
-    if ref is None:
-        raise UnrollError("x0 must hold at least one tensor")
-    current: dict[str, Any] = {}
-    for name, state in scheme.states.items():
-        if name in given:
-            current[name] = torch.as_tensor(given[name], dtype=ref.dtype, device=ref.device)
-        elif state.init is not None:
-            if state.scalar:
-                current[name] = torch.tensor(state.init, dtype=ref.dtype, device=ref.device)
-            else:
-                current[name] = torch.full_like(ref, state.init)
-        elif state.depth == 0:
-            current[name] = torch.zeros_like(ref)  # never read: only its new value is used
-        else:
-            raise UnrollError(
-                f"x0 has no value for state {name}, and the scheme gives it no initial value"
-            )
-    return current, single

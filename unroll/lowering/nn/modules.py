@@ -31,13 +31,12 @@ from torch.nn.utils import parametrize
 
 from unroll.analysis.objectives import objective
 from unroll.errors import UnrollError
-from unroll.frontend.scheme import Scheme
+from unroll.frontend.scheme import Scheme, canonical_params
 from unroll.ir import vocabulary as ir
 from unroll.ir.layer_form import layer_form
 from unroll.lowering.eager.evaluate import StepFrame, compile_expr, execute
-from unroll.lowering.eager.run import (
+from unroll.lowering.eager.states import (
     advance,
-    canonical_params,
     initial_history,
     initial_states,
     primary_state,

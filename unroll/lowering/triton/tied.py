@@ -435,7 +435,8 @@ def tied_network(
     """
     import torch
 
-    from unroll.lowering.eager.run import canonical_params, initial_states
+    from unroll.frontend.scheme import canonical_params
+    from unroll.lowering.eager.states import initial_states
 
     global _FUNCTION
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
@@ -572,7 +573,8 @@ def fused_layer(
     """
     import torch
 
-    from unroll.lowering.eager.run import canonical_params, primary_state
+    from unroll.frontend.scheme import canonical_params
+    from unroll.lowering.eager.states import primary_state
 
     global _LAYER_FUNCTION
     step = lower(scheme, activation)
