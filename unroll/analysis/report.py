@@ -76,7 +76,7 @@ def facts(scheme, activation: str | None = None, mu: float = MU, L: float = L) -
         elif out["architecture"] is None:
             notes["architecture"] = "no known architecture matches"
 
-    layer_form = _optional("unroll.lowering.nn", "layer_form")
+    layer_form = _optional("unroll.ir.layer_form", "layer_form")
     if layer_form is None:
         out["layer"], notes["layer"] = None, "not available: unroll.lowering.nn.layer_form is missing"
     else:

@@ -52,14 +52,11 @@ class Increment(nn.Module):
     def __init__(self, block: Block, n: int = 0):
         super().__init__()
         self.block, self.n = block, n
-        self.state = _one_step(block.program.form)
+        self.state = _one_step(block.ir.scheme)
 
     def forward(self, x: Tensor) -> Tensor:
-        backend, self.block.backend = self.block.backend, "torch"
-        try:
-            return self.block.step({self.state: [x]}, self.n)[self.state] - x
-        finally:
-            self.block.backend = backend
+        (new,) = self.block.step((x,), self.n)  # the PyTorch update (fused=False)
+        return new - x
 
     def extra_repr(self) -> str:
         return f"n={self.n}"

@@ -1,7 +1,10 @@
 """`unroll.lowering.nn`: the layer form, blocks and networks against hand-written loops, `Scheme.run`,
 torch autograd and the definitions of stochastic depth."""
 
+import copy
 import math
+import subprocess
+import sys
 
 import pytest
 import sympy as sp
@@ -11,7 +14,7 @@ from torch.func import functional_call
 
 import unroll
 from unroll.ir.layer_form import layer_form
-from unroll.lowering.nn.program import lower
+from unroll.ir.step import build
 
 
 def mlp(width: int = 4) -> nn.Module:
@@ -178,22 +181,22 @@ def test_trainable_parameters_and_buffers():
     net = unroll.schemes["lm_resnet"].network(3, f=mlp())
     params = dict(net.named_parameters())
     buffers = dict(net.named_buffers())
-    assert "blocks.2.coefficients.parametrizations.κ.original" in params  # κ: trainable
+    assert "blocks.2.coefficients.raw_kappa" in params  # κ: trainable, bounded (raw value)
     assert "blocks.2.coefficients.h" in buffers  # h: not marked trainable
     frozen = unroll.schemes["lm_resnet"].network(3, f=mlp(), trainable=[])
     assert not any("coefficients" in n for n, _ in frozen.named_parameters())
     both = unroll.schemes["lm_resnet"].network(3, f=mlp(), trainable=["kappa", "h"])
-    assert "blocks.0.coefficients.parametrizations.h.original" in dict(both.named_parameters())
+    assert "blocks.0.coefficients.raw_h" in dict(both.named_parameters())
     # One name as a plain string is that name (not its letters k, a, p, ...).
     h_only = unroll.schemes["lm_resnet"].network(3, f=mlp(), trainable="h")
     names = [n for n, _ in h_only.named_parameters() if "coefficients" in n]
-    assert names and all(".h." in n for n in names)
+    assert names and all(n.endswith(".raw_h") for n in names)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_kappa_stays_zero_stable(dtype):
     net = unroll.schemes["lm_resnet"].network(2, f=mlp(), channels=3, per_channel=["κ"]).to(dtype)
-    raw = net.blocks[0].coefficients.parametrizations["κ"].original
+    raw = net.blocks[0].coefficients.raw_kappa
     with torch.no_grad():
         raw.copy_(torch.tensor([-1e4, 0.0, 1e4], dtype=dtype).reshape(3, 1, 1))
     kappa = parameters(net)["κ"]
@@ -203,7 +206,7 @@ def test_kappa_stays_zero_stable(dtype):
 
 def test_kappa_stays_zero_stable_under_training():
     net = unroll.schemes["lm_resnet"].network(2, f=mlp())
-    raws = [b.coefficients.parametrizations["κ"].original for b in net.blocks]
+    raws = [b.coefficients.raw_kappa for b in net.blocks]
     for _ in range(50):  # gradient steps on a loss that pushes every κ towards −∞
         loss = sum(b.coefficients.κ for b in net.blocks)
         grads = torch.autograd.grad(loss, raws)
@@ -408,10 +411,10 @@ def test_x0_of_the_wrong_width_is_an_unroll_error(options, x0, message):
         net.blocks[0](x0)
 
 
-def test_program_has_one_block_update_after_the_operators():
-    program = lower(layer_form(unroll.schemes["nesterov"]))
-    (call,) = program.calls
-    assert call.op == "W" and program.states == ("x",)
+def test_the_layer_step_has_one_block_update_after_the_operators():
+    ir = build(unroll.schemes["nesterov"], layer=True)
+    (call,) = ir.calls
+    assert call.op == "W" and [u.state for u in ir.updates] == ["x"]
 
 
 # -- the objective along the layers ---------------------------------------------------------------
@@ -427,7 +430,7 @@ def test_objective_descends_along_a_proximal_gradient_network():
     Q, _ = torch.linalg.qr(torch.randn(n, n, dtype=torch.float64))
     u = torch.rand(n, dtype=torch.float64)  # eigenvalues in [0, 1)
     with torch.no_grad():
-        net.blocks[0].operators["W"].parametrizations.weight.original.copy_(Q @ torch.diag(u) @ Q.T)
+        net.blocks[0].operators["W"].raw_weight.copy_(Q @ torch.diag(u) @ Q.T)
         net.blocks[0].coefficients.b.normal_()
     x0 = 0.9 * torch.tanh(torch.randn(5, n, dtype=torch.float64))  # inside tanh's range
     trace = net(x0, return_objective=True)
@@ -470,3 +473,44 @@ def test_objective_needs_an_objective_backed_tied_dense_network(name, options, m
     net = unroll.schemes[name].network(2, **options).float()
     with pytest.raises(unroll.UnrollError, match=message):
         net(torch.zeros(1, 4, dtype=torch.float32), return_objective=True)
+
+
+# -- saving, copying, compiling once ------------------------------------------------------------
+SAVE_CASES = [
+    ("lm_resnet", {"f": lambda: nn.Linear(4, 4)}),  # a bounded trainable κ, a factory lambda
+    ("hb_net", {"dim": 4, "symmetric": True}),
+    ("rk4", {"f": nn.Linear(4, 4), "tied": True}),
+]
+
+
+@pytest.mark.parametrize("name, options", SAVE_CASES, ids=[n for n, _ in SAVE_CASES])
+def test_whole_networks_save_load_in_a_new_process_and_deepcopy(name, options, tmp_path):
+    torch.manual_seed(0)
+    net = unroll.schemes[name].network(3, **options).double()
+    x0 = torch.randn(2, 4, dtype=torch.float64)
+    torch.save({"net": net, "x0": x0, "want": net(x0)}, tmp_path / "net.pt")
+    torch.testing.assert_close(copy.deepcopy(net)(x0), net(x0), rtol=0, atol=0)
+    script = (
+        "import sys, torch\n"
+        f"d = torch.load({str(tmp_path / 'net.pt')!r}, weights_only=False)\n"
+        "got = d['net'](d['x0'])\n"
+        "sys.exit(0 if torch.equal(got, d['want']) else 3)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_one_compilation_serves_every_network_of_a_scheme():
+    torch.manual_seed(0)
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    run = torch.compile(lambda net, x: net(x), backend=backend, fullgraph=True)
+    x0 = torch.randn(2, 4)
+    for _ in range(3):
+        net = unroll.schemes["lm_resnet"].network(4, f=nn.Linear(4, 4))  # bounded trainable κ
+        torch.testing.assert_close(run(net, x0), net(x0), rtol=0, atol=0)
+    assert len(graphs) == 1

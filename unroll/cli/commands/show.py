@@ -53,7 +53,7 @@ def _network(scheme, activation: str | None) -> list[str]:
     from unroll.frontend.printing import equation_text
     from unroll.ir import activations
     from unroll.ir import vocabulary as ir
-    from unroll.lowering.nn import layer_form
+    from unroll.ir.layer_form import layer_form
 
     name = identify(scheme) or "none known"
     if scheme.architecture and scheme.architecture != name:

@@ -1,29 +1,29 @@
 """Running a scheme as an iterative method with PyTorch (optimizer on F, integrator on an ODE).
 
-`run` is the eager execution of a `Scheme`: every equation is compiled once to a closure
-(`unroll.lowering.eager.evaluate`) and evaluated in order each step; states keep as many past values as the
-scheme reads.
+`run` is the eager execution of a `Scheme`: its step IR (`unroll.ir.step.build`) printed once as
+straight-line PyTorch (`unroll.lowering.eager.program.eager_step`) and called once per step on
+the flat history (each state's values newest first, as many as the scheme reads).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from unroll.errors import UnrollError
-from unroll.frontend.scheme import STEP_NAMES, canonical_params
-from unroll.ir import vocabulary as ir
-from unroll.lowering.eager.evaluate import StepFrame, execute
-from unroll.lowering.eager.states import advance, initial_history, initial_states, stack_path
+from unroll.frontend.scheme import STEP_NAMES, Scheme, canonical_params
+from unroll.ir import activations
+from unroll.ir.step import StepIR, build
+from unroll.lowering.eager.program import EagerStep, advance, eager_step
+from unroll.lowering.eager.states import initial_states, stack_path
 
-if TYPE_CHECKING:
-    from unroll.frontend.scheme import Scheme
 
 def gradient_of(F: Callable) -> Callable:
-    """x -> ∇F(x) by autograd. A non-scalar F(x) (a batch of values) is summed, so each row of a
-    batch gets the gradient of its own value."""
+    """x -> ∇F(x) by autograd. F returns a scalar, or, for a batch of problems x of shape
+    (B, ..., n), one value per problem (shape x.shape[:-1]), each row then getting the gradient
+    of its own value; any other shape (an elementwise F, say) is an `UnrollError` giving it."""
 
     def grad(x: torch.Tensor) -> torch.Tensor:
         keep = torch.is_grad_enabled() and x.requires_grad
@@ -31,7 +31,12 @@ def gradient_of(F: Callable) -> Callable:
             xg = x if keep else x.detach().requires_grad_(True)
             value = F(xg)
             if not isinstance(value, torch.Tensor):
-                raise UnrollError("F must return a tensor")
+                raise UnrollError(f"F must return a tensor, not {type(value).__name__}")
+            if value.numel() != 1 and (xg.dim() < 2 or value.shape != xg.shape[:-1]):
+                raise UnrollError(
+                    f"F must return a scalar (or one value per row of a batch, shape "
+                    f"{tuple(xg.shape[:-1])}); it returned shape {tuple(value.shape)}"
+                )
             (g,) = torch.autograd.grad(value.sum(), xg, create_graph=keep)
         return g
 
@@ -39,7 +44,7 @@ def gradient_of(F: Callable) -> Callable:
 
 
 def operators(
-    scheme: Scheme,
+    scheme: Scheme | StepIR,
     *,
     grad: Callable | None = None,
     F: Callable | None = None,
@@ -47,12 +52,11 @@ def operators(
     W: Any = None,
     activation: Any = None,
 ) -> dict[str, Callable]:
-    """The callables for each operator the scheme uses, from what the user passed to `run`."""
-    used = {
-        fn.func.__name__: ir.operator_kind(fn)
-        for eq in scheme.equations
-        for fn in ir.applications(eq.rhs)
-    }
+    """The callables for each operator the scheme's step uses (and φ), by name, from what the
+    user passed to `run`."""
+    ir = scheme if isinstance(scheme, StepIR) else build(scheme)
+    used = ir.operators()
+    branches = [n for n, k in used.items() if k == "branch"]
     ops: dict[str, Callable] = {}
     for name, kind in used.items():
         if kind == "grad":
@@ -62,15 +66,16 @@ def operators(
                 )
             ops[name] = grad if grad is not None else gradient_of(F)
         elif kind == "branch":
-            fn = (
-                f.get(name)
-                if isinstance(f, Mapping)
-                else (f if name == "f" or len(_branches(used)) == 1 else None)
-            )
+            if isinstance(f, Mapping):
+                fn = f.get(name)
+            else:
+                fn = f if name == "f" or len(branches) == 1 else None
             if fn is None:
                 raise UnrollError(
                     f"the scheme uses {name}(t, x): pass f= (a callable, or a mapping naming {name})"
                 )
+            if not callable(fn):
+                raise UnrollError(f"f= for {name} must be a callable f(t, x), not {fn!r}")
             ops[name] = fn
         elif kind == "linear":
             w = W.get(name) if isinstance(W, Mapping) else W
@@ -79,20 +84,16 @@ def operators(
                     f"the scheme uses the linear operator {name}: pass W= (a matrix or a callable)"
                 )
             ops[name] = _linear(w, name)
-        elif kind == "act":
-            act = activation if activation is not None else scheme.activation
-            if act is None:
-                raise UnrollError("the scheme uses φ: pass activation= (a name or a callable)")
-            if isinstance(act, str):
-                from unroll.ir import activations
-
-                act = activations.get(act).torch
-            ops[name] = act
+    if ir.uses_activation:
+        act = activation if activation is not None else ir.scheme.activation
+        if act is None:
+            raise UnrollError("the scheme uses φ: pass activation= (a name or a callable)")
+        if isinstance(act, str):
+            act = activations.get(act).torch
+        if not callable(act):
+            raise UnrollError(f"activation must be a name or a callable, not {act!r}")
+        ops["φ"] = act
     return ops
-
-
-def _branches(used: Mapping[str, str]) -> list[str]:
-    return [n for n, k in used.items() if k == "branch"]
 
 
 def _linear(w: Any, name: str) -> Callable:
@@ -103,30 +104,34 @@ def _linear(w: Any, name: str) -> Callable:
     raise UnrollError(f"{name} must be a matrix (out, in) or a callable")
 
 
-class Stepper:
-    """One step of a scheme over PyTorch values: ``step(history, k, t) -> new values``.
+def _parameters(program: EagerStep, values: Mapping[str, Any]) -> tuple:
+    """The parameter values in the order the step takes them."""
+    out = []
+    for c in program.ir.parameters:
+        name = c.spec.name
+        if name not in values:
+            raise UnrollError(
+                f"missing value for parameter {name} (pass {name}=..., it has no default)"
+            )
+        out.append(values[name])
+    return tuple(out)
 
-    ``history[name]`` is the list [x_k, x_{k-1}, ...] (newest first) of each state.
-    """
+
+class Stepper:
+    """One step of a scheme over PyTorch values: ``step(history, k, t) -> new values``, with
+    ``history[name]`` the list [x_k, x_{k-1}, ...] (newest first) of each state, ``ops`` the
+    callables by operator name (as `operators` gives them) and ``params`` by parameter name."""
 
     def __init__(self, scheme: Scheme, ops: Mapping[str, Callable], params: Mapping[str, Any]):
-        if not scheme.is_explicit:
-            raise UnrollError(
-                f"scheme {scheme.name or str(scheme)!r} is implicit ({scheme.implicit_reason}); "
-                "running implicit schemes is not supported yet"
-            )
-        self.scheme, self.ops = scheme, dict(ops)
-        missing = [n for n in scheme.parameters if n not in params]
-        if missing:
-            raise UnrollError(
-                f"missing value for parameter {missing[0]} (pass {missing[0]}=..., it has no default)"
-            )
-        self.params = dict(params)
-        self.frame = StepFrame(scheme)
-        self.program = self.frame.assign(scheme.equations)
+        self.program = eager_step(build(scheme))
+        self.ops = self.program.ops(ops)
+        self.params = _parameters(self.program, params)
 
     def step(self, history: Mapping[str, list], k: int, t: Any) -> dict[str, Any]:
-        return execute(self.program, self.frame.start(self.params, history, k, t), self.ops)
+        h = tuple(
+            v for s in self.program.ir.states for v in list(history[s.name])[: len(s.history)]
+        )
+        return self.program.newest(self.program.step(h, self.params, t, k, self.ops))
 
 
 def run(
@@ -142,18 +147,22 @@ def run(
     W: Any = None,
     activation: Any = None,
     trajectory: bool = False,
+    check_finite: bool = False,
     **params: Any,
 ) -> Any:
     """Run ``steps`` steps of ``scheme`` from ``x0``.
 
-    Optimizer schemes take ``grad`` (x -> ∇F(x)) or ``F`` (x -> F(x), differentiated by
-    autograd); ODE schemes take ``f(t, x)`` (the torchdiffeq convention) and the step ``h``;
-    layer schemes take ``W`` (matrix or callable) and ``activation``. Parameter values come from
-    keywords (``α=0.1`` or ``alpha=0.1``), else from the scheme's defaults.
+    Optimizer schemes take ``grad`` (x -> ∇F(x)) or ``F`` (x -> F(x), a scalar, differentiated
+    by autograd); ODE schemes take ``f(t, x)`` (the torchdiffeq convention, also for a scheme
+    that writes an autonomous f(x): it gets the step's time) and the step ``h``; layer schemes
+    take ``W`` (matrix or callable) and ``activation``. Parameter values come from keywords
+    (``α=0.1`` or ``alpha=0.1``), else from the scheme's defaults.
 
     ``x0`` is a tensor (for the scheme's one state that has no initial value of its own) or a
     mapping from state names to tensors. States older than the initial one start equal to it,
     unless the scheme names a start-up scheme, which then takes the first steps.
+    ``check_finite``: raise an `UnrollError` naming the step and the state as soon as a state
+    holds a NaN or an infinity (divergence is otherwise silent).
 
     Returns the final state, of ``x0``'s shape (a mapping when ``x0`` was one); with
     ``trajectory=True`` every state from x0 on, stacked along a new first dimension
@@ -161,6 +170,8 @@ def run(
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise UnrollError(f"steps must be a non-negative int, not {steps!r}")
+    ir = build(scheme)
+    program = eager_step(ir)  # refuses an implicit scheme, with the reason
     values = dict(scheme.defaults())
     values.update(canonical_params(scheme, params))
     step_name = next((n for n in STEP_NAMES if n in scheme.parameters), None)
@@ -170,46 +181,52 @@ def run(
         if step_name is not None:
             values[step_name] = h
     dt = values.get(step_name, 1.0) if step_name else (h if h is not None else 1.0)
-    ops = operators(scheme, grad=grad, F=F, f=f, W=W, activation=activation)
-    stepper = Stepper(scheme, ops, values)
+    callables = operators(ir, grad=grad, F=F, f=f, W=W, activation=activation)
+    ops = program.ops(callables)
+    coefficients = _parameters(program, values)
     current, single = initial_states(scheme, x0)
 
-    history = initial_history(scheme, current)
+    history = tuple(current[s.name] for s in ir.states for _ in s.history)
+    boot, boot_steps = None, 0
+    if ir.startup is not None:
+        boot = eager_step(ir.startup)
+        boot_values = {**ir.startup.scheme.defaults(), **values}
+        boot_steps = min(steps, max(s.depth for s in ir.states) - 1)
+        boot_ops, boot_coefficients = boot.ops(callables), _parameters(boot, boot_values)
+    ref = next(v for v in current.values() if isinstance(v, torch.Tensor))
+    reads_time = any(_reads_time(p.ir) for p in (program, boot) if p is not None)
     path = [dict(current)] if trajectory else None
-    startup_steps = min(steps, max(s.depth for s in scheme.states.values()) - 1)
-    if not scheme.startup:
-        startup_steps = 0
-    else:
-        boot = _startup_stepper(scheme, ops, values)
-    ref = next(iter(current.values()))
+    t = t0
     for k in range(steps):
-        stepper_k = boot if k < startup_steps else stepper
-        t = torch.tensor(
-            t0 + k * dt, dtype=ref.dtype, device=ref.device
-        )  # a tensor, as torchdiffeq
-        advance(history, stepper_k.step(history, k, t))
+        if reads_time:  # a tensor, as torchdiffeq's
+            t = torch.tensor(t0 + k * dt, dtype=ref.dtype, device=ref.device)
+        if k < boot_steps:
+            now = program.newest(history)
+            start = tuple(now[s.name] for s in boot.ir.states)
+            history = advance(
+                ir, history, boot.newest(boot.step(start, boot_coefficients, t, k, boot_ops))
+            )
+        else:
+            history = program.step(history, coefficients, t, k, ops)
+        if check_finite:
+            _check_finite(program.newest(history), f"step {k + 1}")
         if path is not None:
-            path.append({n: v[0] for n, v in history.items()})
-    final = {n: v[0] for n, v in history.items()}
+            path.append(program.newest(history))
+    final = program.newest(history)
     if path is not None:
         stacked = stack_path(path, final)
         return stacked[single] if single else stacked
     return final[single] if single else final
 
 
-def _startup_stepper(
-    scheme: Scheme, ops: Mapping[str, Callable], values: Mapping[str, Any]
-) -> Stepper:
-    """The stepper of the scheme that takes a multistep scheme's first steps."""
-    from unroll.frontend.library import resolve
-
-    boot = resolve(scheme.startup)
-    if set(boot.states) != set(scheme.states) or any(s.depth > 1 for s in boot.states.values()):
-        raise UnrollError(
-            f"start-up scheme {scheme.startup!r} must be one-step with the states {', '.join(scheme.states)}"
-        )
-    params = dict(boot.defaults())
-    params.update({n: v for n, v in values.items() if n in boot.parameters})
-    return Stepper(boot, ops, params)
+def _reads_time(ir: StepIR) -> bool:
+    time = next(c.symbol for c in ir.coefficients if c.source == "time")
+    branches = any(c.kind == "branch" for c in ir.calls)  # f(t, x) is handed the time
+    return branches or any(time in e.free_symbols for e in ir.expressions())
 
 
+def _check_finite(values: Mapping[str, Any], where: str) -> None:
+    for name, value in values.items():
+        if isinstance(value, torch.Tensor) and not bool(torch.isfinite(value).all()):
+            bad = "NaN" if bool(torch.isnan(value).any()) else "an infinity"
+            raise UnrollError(f"{where}: state {name} holds {bad} (the iteration diverged)")

@@ -1,48 +1,48 @@
 """Torch modules for a scheme's layers: `Block` (one step) and `Network` (``depth`` steps).
 
-A block evaluates a `Program` (`unroll.lowering.nn.program`): first the operator calls (``W`` as a dense
-or convolutional module, ``f`` as the user's branch module), then ONE call to
-`Block.update(history, outputs, coefficients) -> new states`, the block update. Its inputs:
+A block is the step IR of the scheme's layer form (`unroll.ir.step.build(scheme, layer=True)`),
+printed once as straight-line PyTorch (`unroll.lowering.eager.program`), with
 
-- ``history``: ``{state: (x_k, x_<k-1>, ...)}``, newest first, each ``(B, n)`` or ``(B, C, H, W)``
-  (a scalar state such as θ_k is a 0-d tensor);
-- ``outputs``: the operator outputs ``(o_0, o_1, ...)`` in `Program.calls` order (W x + ..., f(x)),
-  already scaled by stochastic depth;
-- ``coefficients``: ``{parameter: tensor}``, already mapped into their bounds: 0-d, or per
-  channel ``(n,)`` / ``(C, 1, 1)``;
+- ``operators``: the modules of its operator calls, ``W`` dense or convolutional, each branch
+  ``f`` the user's module;
+- ``coefficients``: its parameters (`Coefficients`): trainable ones are `nn.Parameter`s, bounded
+  ones stored unconstrained as ``raw_<name>`` and mapped into their interval once per forward;
+  the others buffers.
 
-and it returns ``{state: new value}``. `Program.updates` is the SymPy it computes. This call is
-the hook for fused kernels: with ``backend="triton"`` or ``"auto"`` the block hands the same
-arguments to `unroll.lowering.triton.op.network_update` (a generated Triton kernel; None where it has
-none, e.g. for CPU tensors under "auto"); ``"torch"``, and every case the kernel declines,
-evaluates it with `unroll.lowering.eager.evaluate.compile_expr`, the one eager lowering `Scheme.run` uses too.
+A network owns the states' history (each state's values newest first, flat, in the IR's layout)
+and calls its blocks' steps in turn, each block's coefficients computed once per forward.
+
+The block update (the step's elementwise work after the operators) has a fused Triton kernel
+(`unroll.lowering.triton.op.block_kernel`), used with ``backend="triton"``, and with ``"auto"``
+for CUDA tensors when Triton is installed; which one runs is decided once per forward. A tied,
+dense network can also run whole in one kernel (`unroll.lowering.triton.tied`), with
+`Network.fallback_reason` saying why it did not.
+
+Modules are ordinary PyTorch: plain classes (every network of a scheme compiles once under
+torch.compile), ``torch.save``/``copy.deepcopy``-able, state dicts keyed by ASCII names.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
+from unroll.analysis.identification import identify
 from unroll.analysis.objectives import objective
 from unroll.errors import UnrollError
-from unroll.frontend.scheme import Scheme, canonical_params
-from unroll.ir import vocabulary as ir
-from unroll.ir.layer_form import layer_form
-from unroll.lowering.eager.evaluate import StepFrame, compile_expr, execute
-from unroll.lowering.eager.states import (
-    advance,
-    initial_history,
-    initial_states,
-    primary_state,
-    stack_path,
-)
-from unroll.lowering.nn.program import Program, lower
+from unroll.frontend.scheme import STEP_NAMES, Scheme, canonical_params
+from unroll.ir import activations
+from unroll.ir.names import GREEK_NAMES
+from unroll.ir.step import StepIR, build
+from unroll.lowering.eager.program import EagerStep, advance, eager_step
+from unroll.lowering.eager.states import initial_states, primary_state, stack_path
+from unroll.lowering.triton import op as triton_op
+from unroll.lowering.triton import tied as triton_tied
 
 BACKENDS = ("auto", "torch", "triton")
 STOCHASTIC = ("drop", "noise")
@@ -70,7 +70,7 @@ class Options:
     or "noise" (η = p_n + √(p_n(1 − p_n)) ξ, ξ ~ N(0, 1): the SDE of Lu et al.); at evaluation
     η = p_n.
     backend: "auto" (the fused Triton block update on CUDA tensors, PyTorch elsewhere),
-    "torch" or "triton" (`unroll.lowering.triton.op.network_update`).
+    "torch" or "triton" (`unroll.lowering.triton.op.block_kernel`).
     """
 
     activation: str | Callable | None = None
@@ -116,6 +116,10 @@ class Options:
             raise UnrollError(
                 f"params must be a mapping of parameter names to values, not {self.params!r}"
             )
+        if self.activation is not None and not (
+            isinstance(self.activation, str) or callable(self.activation)
+        ):
+            raise UnrollError(f"activation must be a name or a callable, not {self.activation!r}")
 
     @classmethod
     def of(cls, options: Mapping[str, Any]) -> Options:
@@ -129,102 +133,210 @@ class Options:
     def width(self) -> int | None:
         return self.dim if self.dim is not None else self.channels
 
+    def kept(self) -> Options:
+        """What a built module keeps: the modules' factories and initial values are spent
+        (and a factory may be a lambda, which would not pickle)."""
+        return replace(self, f=None, params={})
+
 
 # -- coefficients ------------------------------------------------------------------------------
-class Bounded(nn.Module):
-    """Parametrization onto the open interval between ``lo`` and ``hi`` (either may be None):
-    lo + (hi − lo)·sigmoid(raw), lo + softplus(raw) or hi − softplus(raw), then clamped to the
-    representable values strictly inside, so rounding never reaches a bound (LM-ResNet's κ
-    stays in the zero-stable interval −1 < κ ≤ 1 in every dtype)."""
+class Bound:
+    """The map from an unconstrained raw value onto the open interval between ``lo`` and ``hi``
+    (either may be None): lo + (hi − lo)·sigmoid(raw), lo + softplus(raw) or hi − softplus(raw),
+    clamped to the representable values strictly inside, so rounding never reaches a bound
+    (LM-ResNet's κ stays in the zero-stable interval −1 < κ ≤ 1 in every dtype). A plain value:
+    it pickles, and the clamp limits are computed once per dtype."""
 
     def __init__(self, lo: float | None, hi: float | None):
-        super().__init__()
         self.lo, self.hi = lo, hi
+        self._inside: dict[torch.dtype, tuple[float | None, float | None]] = {}
 
-    def _inside(self, value: torch.Tensor) -> torch.Tensor:
-        lo = (
-            None
-            if self.lo is None
-            else torch.tensor(self.lo, dtype=value.dtype, device=value.device)
-        )
-        hi = (
-            None
-            if self.hi is None
-            else torch.tensor(self.hi, dtype=value.dtype, device=value.device)
-        )
-        inf = torch.tensor(math.inf, dtype=value.dtype, device=value.device)
-        lo_in = None if lo is None else torch.nextafter(lo, hi if hi is not None else inf)
-        hi_in = None if hi is None else torch.nextafter(hi, lo if lo is not None else -inf)
-        return torch.clamp(value, min=lo_in, max=hi_in)
+    def __getstate__(self) -> dict:
+        return {"lo": self.lo, "hi": self.hi}
 
-    def forward(self, raw: torch.Tensor) -> torch.Tensor:
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["lo"], state["hi"])
+
+    def limits(self, dtype: torch.dtype) -> tuple[float | None, float | None]:
+        """The representable values of ``dtype`` just inside the bounds."""
+        if dtype not in self._inside:
+            lo, hi = self.lo, self.hi
+            t = lambda v: torch.tensor(v, dtype=dtype)  # noqa: E731
+            inf = math.inf
+            lo_in = None if lo is None else torch.nextafter(t(lo), t(hi if hi is not None else inf))
+            hi_in = (
+                None if hi is None else torch.nextafter(t(hi), t(lo if lo is not None else -inf))
+            )
+            self._inside[dtype] = (
+                None if lo_in is None else float(lo_in),
+                None if hi_in is None else float(hi_in),
+            )
+        return self._inside[dtype]
+
+    def __call__(self, raw: torch.Tensor) -> torch.Tensor:
         lo, hi = self.lo, self.hi
         if lo is not None and hi is not None:
-            value = lo + (hi - lo) * torch.sigmoid(raw)
+            value = torch.sigmoid(raw) * (hi - lo) + lo
         elif lo is not None:
-            value = lo + nn.functional.softplus(raw)
+            value = nn.functional.softplus(raw) + lo
         else:
             value = hi - nn.functional.softplus(raw)
-        return self._inside(value)
+        lo_in, hi_in = self.limits(raw.dtype)
+        return torch.clamp(value, min=lo_in, max=hi_in)
 
-    def right_inverse(self, value: torch.Tensor) -> torch.Tensor:
+    def inverse(self, value: torch.Tensor) -> torch.Tensor:
+        """The raw value that maps to ``value`` (moved strictly inside the bounds first)."""
         lo, hi = self.lo, self.hi
-        value = self._inside(value.detach())
+        lo_in, hi_in = self.limits(value.dtype)
+        value = torch.clamp(value.detach(), min=lo_in, max=hi_in)
         if lo is not None and hi is not None:
             return torch.logit((value - lo) / (hi - lo))
         gap = value - lo if lo is not None else hi - value
         return gap + torch.log(-torch.expm1(-gap))  # softplus⁻¹(gap), stable for large gaps
 
 
-class Coefficients(nn.Module):
-    """A block's scheme parameters by name: trainable ones are `nn.Parameter`s (through
-    `Bounded` when the scheme bounds them), the others buffers. ``values()`` gives the tensors
-    the block update reads."""
+_ASCII = {greek: name for greek, name in GREEK_NAMES.items()}
 
-    def __init__(self, values: Mapping[str, torch.Tensor], trainable: set[str], bounds: Mapping):
+
+class Coefficients(nn.Module):
+    """A block's scheme parameters, by the identifiers of the step IR (``beta``, ``kappa``,
+    ``c_1``). Trainable ones are `nn.Parameter`s (``raw_<name>`` when bounded, mapped into the
+    bounds by `values`), the others buffers. ``coefficients.kappa`` and ``coefficients.κ`` read
+    the value (bounds applied) and assigning either sets it."""
+
+    def __init__(
+        self,
+        values: Mapping[str, torch.Tensor],
+        trainable: set[str],
+        bounds: Mapping[str, tuple[float | None, float | None]],
+        aliases: Mapping[str, str],
+    ):
         super().__init__()
-        self.names = tuple(values)
+        self.names = tuple(values)  # in the IR's order
+        self.aliases = dict(aliases)  # scheme name (β) -> identifier (beta)
+        self.bounds: dict[str, Bound] = {}
         for name, value in values.items():
+            lo, hi = bounds.get(name, (None, None))
             if name not in trainable:
                 self.register_buffer(name, value)
-                continue
-            self.register_parameter(name, nn.Parameter(value))
-            lo, hi = bounds.get(name, (None, None))
-            if lo is not None or hi is not None:
-                parametrize.register_parametrization(self, name, Bounded(lo, hi))
+            elif lo is None and hi is None:
+                self.register_parameter(name, nn.Parameter(value))
+            else:
+                self.bounds[name] = Bound(lo, hi)
+                self.register_parameter(
+                    f"raw_{name}", nn.Parameter(self.bounds[name].inverse(value))
+                )
+
+    def _key(self, name: str) -> str:
+        return self.aliases.get(name, name)
+
+    def value(self, name: str) -> torch.Tensor:
+        """The value of the parameter ``name`` (identifier or scheme name), bounds applied."""
+        key = self._key(name)
+        bound = self.bounds.get(key)
+        if bound is not None:
+            return bound(self._parameters[f"raw_{key}"])
+        if key in self._parameters:
+            return self._parameters[key]
+        if key in self._buffers:
+            return self._buffers[key]
+        raise AttributeError(name)
 
     def values(self) -> dict[str, torch.Tensor]:
-        return {name: getattr(self, name) for name in self.names}
+        """Every parameter's value by its scheme name (``β``, ``κ``)."""
+        scheme = {v: k for k, v in self.aliases.items()}
+        return {scheme.get(n, n): self.value(n) for n in self.names}
+
+    def ordered(self) -> tuple[torch.Tensor, ...]:
+        """The values in the order the block's step takes them (once per forward)."""
+        return tuple(self.value(n) for n in self.names)
+
+    def __getattr__(self, name: str) -> Any:
+        names = self.__dict__.get("names", ())
+        key = self.__dict__.get("aliases", {}).get(name, name)
+        if key in names:
+            return self.value(key)
+        return super().__getattr__(name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        key = self.__dict__.get("aliases", {}).get(name, name)
+        if key in self.__dict__.get("names", ()) and isinstance(value, torch.Tensor):
+            self.assign(key, value)
+            return
+        super().__setattr__(name, value)
+
+    def assign(self, name: str, value: torch.Tensor) -> None:
+        """Set the parameter ``name`` to ``value`` (through the inverse of its bound)."""
+        key = self._key(name)
+        with torch.no_grad():
+            if key in self.bounds:
+                raw = self._parameters[f"raw_{key}"]
+                raw.copy_(self.bounds[key].inverse(value.to(raw.dtype)).expand_as(raw))
+            else:
+                target = self._parameters.get(key)
+                target = target if target is not None else self._buffers[key]
+                target.copy_(value.to(target.dtype).expand_as(target))
+
+    def extra_repr(self) -> str:
+        shown = [
+            f"{n} in ({self.bounds[n].lo}, {self.bounds[n].hi})" if n in self.bounds else n
+            for n in self.names
+        ]
+        return ", ".join(shown)
 
 
 # -- operators ---------------------------------------------------------------------------------
-class Symmetric(nn.Module):
-    """Parametrization of a self-adjoint W: (A + Aᵀ)/2 for a matrix; for a convolution kernel
-    (out, in, kh, kw) the mean with its channel-transposed, spatially flipped self (with odd
-    kernels and 'same' zero padding the convolution is then its own adjoint)."""
+class SymmetricLinear(nn.Module):
+    """x ↦ x Wᵀ with W = (A + Aᵀ)/2 self-adjoint; ``raw_weight`` is A, ``weight`` is W."""
 
-    def forward(self, w: torch.Tensor) -> torch.Tensor:
-        if w.dim() == 2:
-            return (w + w.transpose(0, 1)) / 2
+    def __init__(self, n: int):
+        super().__init__()
+        self.raw_weight = nn.Parameter(nn.Linear(n, n, bias=False).weight.detach().clone())
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return (self.raw_weight + self.raw_weight.transpose(0, 1)) / 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, self.weight)
+
+
+class SymmetricConv2d(nn.Module):
+    """A 'same'-padded convolution whose kernel is the mean of A and its channel-transposed,
+    spatially flipped self: with an odd kernel the convolution is its own adjoint."""
+
+    def __init__(self, channels: int, kernel_size: int):
+        super().__init__()
+        conv = nn.Conv2d(channels, channels, kernel_size, padding="same", bias=False)
+        self.raw_weight = nn.Parameter(conv.weight.detach().clone())
+
+    @property
+    def weight(self) -> torch.Tensor:
+        w = self.raw_weight
         return (w + w.transpose(0, 1).flip(-2, -1)) / 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.conv2d(x, self.weight, padding="same")
 
 
 def _linear(opts: Options, name: str) -> nn.Module:
     if opts.dim is not None:
-        module: nn.Module = nn.Linear(opts.dim, opts.dim, bias=False)
-        target = module
-    elif opts.channels is not None:
-        c, k = opts.channels, opts.kernel_size
-        conv = nn.Conv2d(c, c, k, padding="same", bias=False)
-        module = nn.Sequential(conv, nn.BatchNorm2d(c)) if opts.norm == "batch" else conv
-        target = conv
-    else:
-        raise UnrollError(
-            f"the layer uses the linear operator {name}: pass dim= (dense) or channels= (convolutional)"
+        return (
+            SymmetricLinear(opts.dim)
+            if opts.symmetric
+            else nn.Linear(opts.dim, opts.dim, bias=False)
         )
-    if opts.symmetric:
-        parametrize.register_parametrization(target, "weight", Symmetric())
-    return module
+    if opts.channels is not None:
+        c, k = opts.channels, opts.kernel_size
+        conv: nn.Module = (
+            SymmetricConv2d(c, k)
+            if opts.symmetric
+            else nn.Conv2d(c, c, k, padding="same", bias=False)
+        )
+        return nn.Sequential(conv, nn.BatchNorm2d(c)) if opts.norm == "batch" else conv
+    raise UnrollError(
+        f"the layer uses the linear operator {name}: pass dim= (dense) or channels= (convolutional)"
+    )
 
 
 def _branch(opts: Options, name: str, count: int) -> nn.Module:
@@ -259,133 +371,209 @@ def _names(trainable: Iterable[str] | str) -> list[str]:
 
 
 # -- the block ---------------------------------------------------------------------------------
-class _Compiled:
-    """A program's closures over the slots of one `Frame` (plain Python objects, not module
-    state): the calls' arguments, then the updates."""
-
-    def __init__(self, program: Program):
-        self.program = program
-        self.frame = frame = StepFrame(program.form)
-        self.calls = [(c, frame.slot(c.symbol), compile_expr(c.arg, frame)) for c in program.calls]
-        self.updates = frame.assign(program.updates)
-
-    def env(self, history, coefficients, n: int) -> list:
-        t = n * coefficients["h"] if "h" in coefficients else n
-        return self.frame.start(coefficients, history, n, t)
-
-
-def block_update(
-    compiled: _Compiled,
-    history: Mapping[str, Sequence[torch.Tensor]],
-    outputs: Sequence[torch.Tensor],
-    coefficients: Mapping[str, torch.Tensor],
-    ops: Mapping[str, Callable],
-    n: int = 0,
-) -> dict[str, torch.Tensor]:
-    """The eager block update: `Program.updates` evaluated in order. Returns ``{state: new}``."""
-    env = compiled.env(history, coefficients, n)
-    for (_, i, _), value in zip(compiled.calls, outputs, strict=True):
-        env[i] = value
-    return execute(compiled.updates, env, ops)
-
-
 class Block(nn.Module):
     """One step of a scheme's layer form. ``block(x)`` with x a tensor (the primary state, its
     older values equal to it) or ``{state: tensor or (x_k, x_<k-1>, ...)}``; returns the new
-    primary state, or ``{state: new value}`` for a mapping. See the module docstring for
-    `update`, the block update."""
+    primary state, or ``{state: new value}`` for a mapping. `step` is what a network calls."""
 
     def __init__(
         self,
-        program: Program,
+        ir: StepIR,
         operators: nn.ModuleDict,
         coefficients: Coefficients,
-        activation: Callable | None,
-        backend: str = "auto",
-        boot: Program | None = None,
+        activation: str | Callable | None,
+        options: Options,
     ):
         super().__init__()
+        self.ir = ir
         self.operators = operators
         self.coefficients = coefficients
-        self.backend = backend
-        self.activation_name: str | None = None  # set by the builder when φ has a name
-        self.options: Options | None = None  # set by the builder: the width x must have
-        self._activation = activation
-        self._main = _Compiled(program)
-        self._boot = _Compiled(boot) if boot is not None else None
+        self.activation = activation  # a registered name, a callable, or None (no φ)
+        self.options = options
+        self._resolve()
 
-    @property
-    def program(self) -> Program:
-        return self._main.program
+    # -- what is resolved once, from the IR (and again after unpickling) -----------------------
+    def _resolve(self) -> None:
+        """The printed steps, the operator tuples and the facts a step needs, computed here so
+        that a forward touches no SymPy object (torch.compile traces it whole)."""
+        ir = self.ir
+        self._program = eager_step(ir)
+        self._boot = eager_step(ir.startup) if ir.startup is not None else None
+        self._ops_main = self._ops(self._program)
+        self._ops_boot = self._ops(self._boot) if self._boot is not None else ()
+        names = self.coefficients.names
+        steps = [c.name for c in ir.parameters if c.spec.name in STEP_NAMES and c.name in names]
+        self._h = names.index(steps[0]) if steps else None
+        self._reads_time = _reads_time(ir), ir.startup is not None and _reads_time(ir.startup)
+        self._uses_activation = ir.uses_activation
+        self._kernels: dict[bool, _KernelCall] = {}
+        if ir.startup is not None:
+            self._boot_parameters = _boot_parameters(ir, names)
 
-    def _ops(self) -> dict[str, Callable]:
-        return {"φ": self._activation} if self._activation is not None else {}
+    def __getstate__(self) -> dict:
+        state = dict(super().__getstate__())
+        for key in ("_program", "_boot", "_ops_main", "_ops_boot", "_kernels"):
+            state.pop(key, None)  # functions of generated modules: resolved again on loading
+        return state
 
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self._resolve()
+
+    def program(self, boot: bool = False) -> EagerStep:
+        """The printed step (of the start-up scheme when ``boot``)."""
+        return self._boot if boot else self._program
+
+    def _ops(self, program: EagerStep) -> tuple:
+        return tuple(
+            self._phi() if name == "φ" else self.operators[name] for name in program.operators
+        )
+
+    def _phi(self) -> Callable:
+        act = self.activation
+        return activations.get(act).torch if isinstance(act, str) else act
+
+    def _kernel(self, boot: bool) -> _KernelCall:
+        if boot not in self._kernels:
+            ir = self.ir.startup if boot else self.ir
+            name = self.activation if isinstance(self.activation, str) else None
+            self._kernels[boot] = _KernelCall(ir, name, self.program(boot))
+        return self._kernels[boot]
+
+    # -- one step ----------------------------------------------------------------------------
     def step(
         self,
-        history: Mapping[str, Sequence[torch.Tensor]],
+        history: tuple,
         n: int = 0,
         gain: torch.Tensor | None = None,
+        coefficients: tuple | None = None,
         boot: bool = False,
-    ) -> dict[str, torch.Tensor]:
-        """One step from ``history`` (newest first); ``gain`` (stochastic depth) scales the branch
-        outputs in the update; ``boot`` runs the start-up scheme's program."""
-        compiled = self._boot if boot and self._boot is not None else self._main
-        coefficients = self.coefficients.values()
-        ops = self._ops()
-        env = compiled.env(history, coefficients, n)
-        outputs = []
-        for call, i, arg in compiled.calls:
-            value = self.operators[call.op](arg(env, ops))
-            env[i] = value
-            outputs.append(value * gain if gain is not None and call.kind == "branch" else value)
-        return self.update(history, tuple(outputs), coefficients, n=n, boot=boot)
-
-    def update(
-        self,
-        history: Mapping[str, Sequence[torch.Tensor]],
-        outputs: Sequence[torch.Tensor],
-        coefficients: Mapping[str, torch.Tensor],
-        n: int = 0,
-        boot: bool = False,
-    ) -> dict[str, torch.Tensor]:
-        """The block update (the kernel hook): new states from the history, the operator
-        outputs and the coefficients."""
-        compiled = self._boot if boot and self._boot is not None else self._main
-        if self.backend != "torch":
-            from unroll.lowering.triton.op import network_update
-
-            calls = tuple(c.op for c in compiled.program.calls)
-            fused = network_update(
-                compiled.program.form, self.activation_name, self.backend, calls,
-                history, outputs, coefficients, n,
-            )  # fmt: skip
-            if fused is not None:
-                return fused
-        return block_update(compiled, history, outputs, coefficients, self._ops(), n)
+        fused: bool = False,
+    ) -> tuple:
+        """The next history (the IR's flat layout: each state's values newest first) after
+        step ``n`` from ``history``. ``gain``: the stochastic-depth factor of the branch
+        outputs; ``coefficients``: this block's values in order (`Coefficients.ordered`),
+        computed here when None; ``boot``: run the start-up scheme's step; ``fused``: the
+        block update in the Triton kernel."""
+        c = self.coefficients.ordered() if coefficients is None else coefficients
+        t = n * c[self._h] if self._h is not None and self._reads_time[boot] else n
+        if boot:
+            program = self._boot
+            params = tuple(c[i] if i >= 0 else v for i, v in self._boot_parameters)
+            now = self._program.newest(history)
+            start = tuple(now[s] for s in program.states)
+            if fused:
+                new = self._kernel(True)(start, params, t, n, self._ops_boot, gain)
+            else:
+                new = program.step(start, params, t, n, self._ops_boot, gain)
+            return advance(self.ir, history, program.newest(new))
+        if fused:
+            return self._kernel(False)(history, c, t, n, self._ops_main, gain)
+        return self._program.step(history, c, t, n, self._ops_main, gain)
 
     def forward(self, x: torch.Tensor | Mapping[str, Any]) -> Any:
-        form = self.program.form
+        form = self.ir.scheme
         if isinstance(x, torch.Tensor):
             current, single = initial_states(form, x)
-            history = initial_history(form, current)
+            history = tuple(current[s.name] for s in self.ir.states for _ in s.history)
         elif isinstance(x, Mapping):
             firsts = {k: (v[0] if isinstance(v, (tuple, list)) else v) for k, v in x.items()}
             current, single = initial_states(form, firsts)
-            history = {}
-            for k, v in current.items():
-                given = x.get(k, v)
-                seq = list(given) if isinstance(given, (tuple, list)) else [v]
-                need = max(form.states[k].depth, 1)
-                history[k] = (seq + [seq[-1]] * need)[:need]
+            values: list[Any] = []
+            for s in self.ir.states:
+                given = x.get(s.name, current[s.name])
+                seq = list(given) if isinstance(given, (tuple, list)) else [current[s.name]]
+                need = len(s.history)
+                values += (seq + [seq[-1]] * need)[:need]
+            history = tuple(values)
         else:
             raise UnrollError(
                 f"a block takes a tensor or a mapping of states, not {type(x).__name__}"
             )
-        if self.options is not None:
-            _check_width(self.options, form, current)
-        new = self.step(history)
+        _check_width(self.options, form, current)
+        fused = _fused(self.options.backend, self.activation, self._uses_activation, current)
+        new = self._program.newest(self.step(history, fused=fused))
         return new[single] if single else new
+
+
+class _KernelCall:
+    """The block update in the fused Triton kernel: the printed step's `outputs` (host values,
+    operator outputs) and the history feed `unroll.lowering.triton.op.block_kernel`, resolved
+    once; returns the next history as `EagerStep.step` does."""
+
+    def __init__(self, ir: StepIR, activation: str | None, program: EagerStep):
+        self.ir, self.program = ir, program
+        self.kernel = triton_op.block_kernel(ir, activation)
+        where: dict[Any, tuple[str, int]] = {}
+        for i, h in enumerate(ir.history):
+            where[h.symbol] = ("history", i)
+        for i, a in enumerate((*ir.host, *ir.calls)):
+            where[a.symbol] = ("outputs", i)
+        for i, c in enumerate(ir.parameters):
+            where[c.symbol] = ("coefficients", i)
+        for c in ir.coefficients:
+            if c.source in ("time", "index"):
+                where[c.symbol] = (c.source, 0)
+        self.inputs = [where[leaf.symbol] for leaf in self.kernel.inputs]
+        self.coefficients = [where[leaf.symbol] for leaf in self.kernel.coefficients]
+        self.host = len(ir.host)
+
+    def __call__(self, history, c, t, n, ops, gain) -> tuple:
+        outs = self.program.outputs(history, c, t, n, ops, gain)
+        sources = {
+            "history": history,
+            "outputs": outs,
+            "coefficients": c,
+            "time": (t,),
+            "index": (n,),
+        }
+        tensors = [sources[kind][i] for kind, i in self.inputs]
+        coefs = [sources[kind][i] for kind, i in self.coefficients]
+        new = dict(
+            zip((u.state for u in self.kernel.outputs), self.kernel(tensors, coefs), strict=True)
+        )
+        for a, value in zip(self.ir.host, outs[: self.host], strict=True):
+            if a.state is not None:
+                new[a.state] = value
+        return advance(self.ir, history, new)
+
+
+def _reads_time(ir: StepIR) -> bool:
+    time = next(c.symbol for c in ir.coefficients if c.source == "time")
+    return any(time in e.free_symbols for e in ir.expressions())
+
+
+def _boot_parameters(ir: StepIR, names: Sequence[str]) -> tuple[tuple[int, Any], ...]:
+    """Where the start-up step finds each parameter: (i, None) for the block's i-th value,
+    (-1, default) for one only the start-up scheme has (fixed at its default)."""
+    out = []
+    for p in ir.startup.parameters:
+        if p.name in names:
+            out.append((list(names).index(p.name), None))
+        elif p.spec.default is not None:
+            out.append((-1, p.spec.default))
+        else:
+            raise UnrollError(f"start-up parameter {p.spec.name} has no default")
+    return tuple(out)
+
+
+def _fused(
+    backend: str, activation: Any, uses_activation: bool, current: Mapping[str, Any]
+) -> bool:
+    """Whether the block update runs in the Triton kernel for these tensors (decided once per
+    forward): always for backend 'triton', on CUDA tensors with Triton installed for 'auto'."""
+    if backend == "torch":
+        return False
+    if uses_activation and not isinstance(activation, str):
+        if backend == "triton":
+            raise UnrollError(
+                "backend='triton' needs the activation by name (a callable has no kernel)"
+            )
+        return False
+    if backend == "triton":
+        return True
+    ref = next(v for v in current.values() if isinstance(v, torch.Tensor))
+    return ref.device.type == "cuda" and triton_op.triton_available()
 
 
 # -- the network -------------------------------------------------------------------------------
@@ -407,15 +595,18 @@ class Network(nn.Module):
         super().__init__()
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
             raise UnrollError(f"depth must be a positive int, not {depth!r}")
-        self.scheme, self.depth, self.options = scheme, depth, opts
-        self.form = layer_form(scheme)
+        self.scheme, self.depth, self.options = scheme, depth, opts.kept()
+        self.ir = build(scheme, layer=True)
+        self.form = self.ir.scheme
         # Why the last forward ran layer by layer instead of the one-kernel tied network
         # (`unroll.lowering.triton.tied`); None when the kernel ran (or before the first forward).
         self.fallback_reason: str | None = None
-        program, boot, self.boot_steps = _programs(self.form, depth)
+        self.boot_steps = (
+            min(depth, max(s.depth for s in self.ir.states) - 1) if self.ir.startup else 0
+        )
         count = 1 if opts.tied else depth
-        self.blocks = nn.ModuleList(_block(program, boot, opts, self.form) for _ in range(count))
-        if opts.survival is not None and not any(c.kind == "branch" for c in program.calls):
+        self.blocks = nn.ModuleList(_block(self.ir, opts) for _ in range(count))
+        if opts.survival is not None and not any(c.kind == "branch" for c in self.ir.calls):
             raise UnrollError(
                 "stochastic depth scales residual branches: it needs an ODE scheme with f(x)"
             )
@@ -446,29 +637,43 @@ class Network(nn.Module):
     ) -> Any:
         """The final state (x0's shape; a mapping when x0 is one), or a `Trace` with the
         per-layer states and F when asked for."""
-        from unroll.lowering.triton.tied import network_forward
-
         current, single = initial_states(self.form, x0)
         _check_width(self.options, self.form, current)
-        out = network_forward(self, x0, trace=return_states or return_objective)
+        trace = return_states or return_objective
+        out = self._tied_kernel(x0, trace)
         if out is not None:
             return out
-        history = initial_history(self.form, current)
-        path = [dict(current)] if (return_states or return_objective) else None
+        block0 = self.blocks[0]
+        fused = _fused(self.options.backend, block0.activation, block0._uses_activation, current)
+        history = tuple(current[s.name] for s in self.ir.states for _ in s.history)
+        path = [dict(current)] if trace else None
         ref = next(v for k, v in current.items() if not self.form.states[k].scalar)
+        tied = self.options.tied
+        shared = block0.coefficients.ordered() if tied else None
+        newest = block0._program.newest
         for n in range(self.depth):
-            block = self.blocks[0 if self.options.tied else n]
-            advance(history, block.step(history, n, self._gain(n, ref), boot=n < self.boot_steps))
+            block = block0 if tied else self.blocks[n]
+            c = shared if tied else block.coefficients.ordered()
+            gain = self._gain(n, ref)
+            history = block.step(history, n, gain, c, boot=n < self.boot_steps, fused=fused)
             if path is not None:
-                path.append({k: v[0] for k, v in history.items()})
-        final = {k: v[0] for k, v in history.items()}
+                path.append(newest(history))
+        final = newest(history)
         out = final[single] if single else final
         if path is None:
             return out
         stacked = stack_path(path, final)
         states = (stacked[single] if single else stacked) if return_states else None
-        objective = self._objective(stacked) if return_objective else None
-        return Trace(out, states, objective)
+        F = self._objective(stacked) if return_objective else None
+        return Trace(out, states, F)
+
+    def _tied_kernel(self, x0: Any, trace: bool) -> Any:
+        """The whole network in one Triton kernel when it can run (else None, with
+        `fallback_reason` saying why)."""
+        if trace:
+            self.fallback_reason = "return_states/return_objective need every layer's state"
+            return None
+        return triton_tied.network_forward(self, x0, trace=False)
 
     def _objective(self, stacked: Mapping[str, torch.Tensor]) -> torch.Tensor:
         if not _objective_backed(self.scheme):
@@ -484,9 +689,9 @@ class Network(nn.Module):
                 "return_objective needs tied=True and a dense W (dim=): F has one W and b"
             )
         block = self.blocks[0]
-        linear = [m for m in block.operators.values() if isinstance(m, nn.Linear)]
-        coeffs = block.coefficients.values()
-        bias = next((coeffs[n] for n in ("b", "b_0", "bias") if n in coeffs), None)
+        linear = list(block.operators.values())
+        coefficients = block.coefficients.values()
+        bias = next((coefficients[n] for n in ("b", "b_0", "bias") if n in coefficients), None)
         if len(linear) != 1 or bias is None:
             raise UnrollError("return_objective needs exactly one W and a bias b")
         x = stacked[primary_state(self.form)]
@@ -512,41 +717,13 @@ def _check_width(opts: Options, form: Scheme, current: Mapping[str, torch.Tensor
 
 
 def _objective_backed(scheme: Scheme) -> bool:
-    if scheme.kind == "optimizer":
-        return True
-    from unroll.analysis.identification import identify
-
-    return identify(scheme) in ("feedforward", "HB-Net", "AGD-Net")
+    return scheme.kind == "optimizer" or identify(scheme) in ("feedforward", "HB-Net", "AGD-Net")
 
 
-def _programs(form: Scheme, depth: int) -> tuple[Program, Program | None, int]:
-    program = lower(form)
-    if not form.startup:
-        return program, None, 0
-    from unroll.frontend.library import resolve
-
-    boot_scheme = layer_form(resolve(form.startup))
-    if set(boot_scheme.states) != set(form.states) or any(
-        s.depth > 1 for s in boot_scheme.states.values()
-    ):
-        raise UnrollError(
-            f"start-up scheme {form.startup!r} must be one-step with the states {', '.join(form.states)}"
-        )
-    boot = lower(boot_scheme)
-    extra = set(boot.operators) - set(program.operators)
-    if extra:
-        raise UnrollError(
-            f"start-up scheme {form.startup!r} uses operators the scheme lacks: {sorted(extra)}"
-        )
-    steps = min(depth, max(s.depth for s in form.states.values()) - 1)
-    return program, boot, steps
-
-
-def _block(program: Program, boot: Program | None, opts: Options, scheme: Scheme) -> Block:
-    form = program.form
-    used = dict(program.operators)
-    if boot is not None:
-        used.update(boot.operators)
+def _block(ir: StepIR, opts: Options) -> Block:
+    used = dict(ir.operators())
+    if ir.startup is not None:
+        used.update(ir.startup.operators())
     branches = [n for n, k in used.items() if k == "branch"]
     operators = nn.ModuleDict()
     for name, kind in used.items():
@@ -554,42 +731,27 @@ def _block(program: Program, boot: Program | None, opts: Options, scheme: Scheme
             operators[name] = _linear(opts, name)
         elif kind == "branch":
             operators[name] = _branch(opts, name, len(branches))
-        else:  # pragma: no cover - layer_form removes ∇F
+        else:  # pragma: no cover - the layer form has no ∇F
             raise UnrollError(f"operator {name} has no module")
-    act = _activation(opts, form, program, boot)
-    block = Block(program, operators, _coefficients(form, boot, opts), act, opts.backend, boot)
-    # The fused kernels know activations by name (a callable has none: PyTorch runs it).
-    named = opts.activation if opts.activation is not None else form.activation
-    block.activation_name = named if isinstance(named, str) else None
-    block.options = opts
-    return block
+    return Block(ir, operators, _coefficients(ir, opts), _activation(opts, ir), opts.kept())
 
 
-def _activation(opts: Options, form: Scheme, *programs: Program | None) -> Callable | None:
-    uses = any(
-        ir.operator_kind(a) == "act"
-        for p in programs
-        if p is not None
-        for e in [*(c.arg for c in p.calls), *(u.rhs for u in p.updates)]
-        for a in ir.applications(e)
-    )
+def _activation(opts: Options, ir: StepIR) -> str | Callable | None:
+    uses = ir.uses_activation or (ir.startup is not None and ir.startup.uses_activation)
     if not uses:
         return None
-    act = opts.activation if opts.activation is not None else form.activation
+    act = opts.activation if opts.activation is not None else ir.scheme.activation
     if act is None:
         raise UnrollError(
-            f"the layer of {form.name or str(form)!r} uses φ: pass activation= (a name or a callable)"
+            f"the layer of {ir.label!r} uses φ: pass activation= (a name or a callable)"
         )
     if isinstance(act, str):
-        from unroll.ir import activations
-
-        return activations.get(act).torch
-    if not callable(act):
-        raise UnrollError(f"activation must be a name or a callable, not {act!r}")
+        activations.get(act)  # an unknown name is an error now, not at the first forward
     return act
 
 
-def _coefficients(form: Scheme, boot: Program | None, opts: Options) -> Coefficients:
+def _coefficients(ir: StepIR, opts: Options) -> Coefficients:
+    form = ir.scheme
     given = canonical_params(form, opts.params)
     trainable = (
         {p.name for p in form.parameters.values() if p.trainable}
@@ -599,22 +761,24 @@ def _coefficients(form: Scheme, boot: Program | None, opts: Options) -> Coeffici
     per_channel = {p.name for p in form.parameters.values() if p.per_channel}
     per_channel |= set(canonical_params(form, {n: None for n in opts.per_channel}))
     values: dict[str, torch.Tensor] = {}
-    bounds = {}
-    for name, spec in form.parameters.items():
-        value = given.get(name, spec.default)
+    bounds: dict[str, tuple] = {}
+    train: set[str] = set()
+    aliases: dict[str, str] = {}
+    for c in ir.parameters:
+        spec = c.spec
+        value = given.get(spec.name, spec.default)
         if value is None:
             raise UnrollError(
-                f"missing value for parameter {name} (pass params={{{name!r}: ...}}; it has no default)"
+                f"missing value for parameter {spec.name} (pass params={{{spec.name!r}: ...}}; "
+                "it has no default)"
             )
-        values[name] = _initial(name, value, spec.bounds, name in per_channel, opts)
-        bounds[name] = spec.bounds
-    if boot is not None:  # start-up-only parameters: fixed at the start-up scheme's defaults
-        for name, spec in boot.form.parameters.items():
-            if name not in values:
-                if spec.default is None:
-                    raise UnrollError(f"start-up parameter {name} has no default")
-                values[name] = torch.tensor(float(spec.default))
-    return Coefficients(values, trainable, bounds)
+        values[c.name] = _initial(spec.name, value, spec.bounds, spec.name in per_channel, opts)
+        bounds[c.name] = spec.bounds
+        if spec.name in trainable:
+            train.add(c.name)
+        if spec.name != c.name:
+            aliases[spec.name] = c.name
+    return Coefficients(values, train, bounds, aliases)
 
 
 def _initial(name: str, value: Any, bounds, per_channel: bool, opts: Options) -> torch.Tensor:
@@ -641,8 +805,7 @@ def layer(scheme: Scheme, **options: Any) -> Block:
     opts = Options.of(options)
     if opts.survival is not None:
         raise UnrollError("survival (stochastic depth) is an option of a network, not of one layer")
-    form = layer_form(scheme)
-    return _block(lower(form), None, opts, form)
+    return _block(build(scheme, layer=True), opts)
 
 
 def network(scheme: Scheme, depth: int, **options: Any) -> Network:

@@ -220,3 +220,45 @@ def _uses_act(form: Scheme) -> bool:
     return any(
         ir.operator_kind(f) == "act" for eq in form.equations for f in ir.applications(eq.rhs)
     )
+
+
+# -- the network modules' entry (unroll.lowering.nn) -------------------------------------------
+@functools.cache
+def triton_available() -> bool:
+    """Whether Triton can be imported here."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class BlockKernel:
+    """The fused block update of a step IR, resolved once: ``kernel(tensors, coefficients)``
+    with tensors in ``inputs`` order (IR history values and call outputs) and coefficients in
+    ``coefficients`` order (IR coefficients and host values); returns the new values of
+    ``outputs`` (the IR updates), in order."""
+
+    def __init__(self, ir, activation: str | None):
+        from unroll.ir.step import build  # noqa: F401 - the IR this kernel view matches
+
+        self.ir = ir
+        self.op = block_update(ir.scheme, activation, "triton")
+        leaves = {leaf.name: leaf for leaf in (*ir.history, *ir.calls, *ir.coefficients, *ir.host)}
+        b = self.op.block
+        self.inputs = tuple(leaves[i.name] for i in b.inputs)
+        self.coefficients = tuple(leaves[c.name] for c in b.coefficients)
+        updates = {u.state: u for u in ir.updates}
+        self.outputs = tuple(updates[o.state] for o in b.outputs)
+        self._names = [i.name for i in b.inputs], [c.name for c in b.coefficients]
+
+    def __call__(self, tensors, coefficients) -> tuple:
+        ins, coefs = self._names
+        new = self.op(dict(zip(ins, tensors, strict=True)), dict(zip(coefs, coefficients, strict=True)))
+        return tuple(new[o.state] for o in self.outputs)
+
+
+@functools.lru_cache(maxsize=256)
+def block_kernel(ir, activation: str | None) -> BlockKernel:
+    """The fused block update of ``ir`` with φ = ``activation``; memoised."""
+    return BlockKernel(ir, activation)
