@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 import torchdiffeq
+from torch import nn
 
 import unroll
 
@@ -222,3 +223,35 @@ def test_run_is_differentiable_and_keeps_dtype():
     for _ in range(4):
         prev, cur = cur, a * cur + b * prev
     torch.testing.assert_close(x0.grad, torch.full((6,), cur, dtype=torch.float32))
+
+
+def test_an_elementwise_F_is_refused_with_its_shape():
+    x0 = torch.randn(3, 4, dtype=torch.float64)
+    with pytest.raises(unroll.UnrollError, match=r"it returned shape \(3, 4\)"):
+        unroll.schemes["gradient_descent"].run(x0, 1, F=lambda x: x**2, α=0.1)
+    # one value per row of a batch is a batch of problems: each row gets its own gradient
+    got = unroll.schemes["gradient_descent"].run(x0, 1, F=lambda x: 0.5 * (x**2).sum(-1), α=0.1)
+    torch.testing.assert_close(got, 0.9 * x0, rtol=0, atol=1e-15)  # x − 0.1 x, one rounding
+
+
+def test_check_finite_names_the_step_and_the_state_where_the_run_diverges():
+    # Gradient descent on ½x² with α = 3 multiplies x by −2 each step: 2^1100 overflows float64
+    # at step 1024 or so, long before 2000.
+    x0 = torch.ones(2, dtype=torch.float64)
+    quiet = unroll.schemes["gradient_descent"].run(x0, 2000, grad=lambda x: x, α=3.0)
+    assert not bool(torch.isfinite(quiet).all())  # without the check: silent
+    with pytest.raises(unroll.UnrollError, match=r"step 10\d\d: state x holds (an infinity|NaN)"):
+        unroll.schemes["gradient_descent"].run(x0, 2000, grad=lambda x: x, α=3.0, check_finite=True)
+
+
+def test_check_finite_names_the_layer_of_a_network():
+    torch.manual_seed(0)
+    net = unroll.schemes["forward_euler"].network(5, f=nn.Identity(), params={"h": 1e300})
+    net = net.double()
+    x0 = torch.ones(1, 3, dtype=torch.float64)
+    assert not bool(torch.isfinite(net(x0)).all())  # x(1 + h)^n overflows at the second layer
+    net = unroll.schemes["forward_euler"].network(
+        5, f=nn.Identity(), params={"h": 1e300}, check_finite=True
+    ).double()
+    with pytest.raises(unroll.UnrollError, match="layer 2: state x holds an infinity"):
+        net(x0)

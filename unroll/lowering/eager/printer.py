@@ -183,7 +183,9 @@ def module_source(ir: StepIR) -> str:
                 printer.tensors.add(scaled[c.symbol])
     prologue = list(body.lines)  # the host values and the operator outputs, for a fused update
     read = [a.name for a in ir.host]
-    read += [scaled[c.symbol].name if branch_gain and c.symbol in scaled else c.name for c in ir.calls]
+    read += [
+        scaled[c.symbol].name if branch_gain and c.symbol in scaled else c.name for c in ir.calls
+    ]
     for u in ir.updates:
         body.assign(u.name, next(reduced_iter))
 
@@ -216,14 +218,14 @@ def module_source(ir: StepIR) -> str:
         f"PARAMETERS = {tuple(params)!r}\n"
         f"OPERATORS = {operators!r}\n\n\n"
         f"def step(_h, _c, {time}, {index_name}, _ops, _gain=None):\n"
-        "    \"\"\"The next history (HISTORY's layout) from this one, the parameters (PARAMETERS),\n"
+        '    """The next history (HISTORY\'s layout) from this one, the parameters (PARAMETERS),\n'
         "    the time, the index and the operators (OPERATORS); ``_gain`` scales the branch\n"
-        "    outputs the updates read (stochastic depth).\"\"\"\n"
+        '    outputs the updates read (stochastic depth)."""\n'
         + "".join(f"    {line}\n" for line in lines)
         + "\n\n"
         f"def outputs(_h, _c, {time}, {index_name}, _ops, _gain=None):\n"
-        "    \"\"\"What a fused update reads besides the history: the host values, then the\n"
-        "    operator outputs (scaled by ``_gain`` where the updates read them so).\"\"\"\n"
+        '    """What a fused update reads besides the history: the host values, then the\n'
+        '    operator outputs (scaled by ``_gain`` where the updates read them so)."""\n'
         + "".join(f"    {line}\n" for line in outputs)
     )
 
@@ -235,4 +237,3 @@ def a_text(a) -> str:
 
 def _time(ir: StepIR) -> sp.Symbol:
     return next(c.symbol for c in ir.coefficients if c.source == "time")
-

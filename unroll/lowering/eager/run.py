@@ -17,6 +17,7 @@ from unroll.frontend.scheme import STEP_NAMES, Scheme, canonical_params
 from unroll.ir import activations
 from unroll.ir.step import StepIR, build
 from unroll.lowering.eager.program import EagerStep, advance, eager_step
+from unroll.lowering.eager.states import check_finite as check_finite_states
 from unroll.lowering.eager.states import initial_states, stack_path
 
 
@@ -170,6 +171,7 @@ def run(
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise UnrollError(f"steps must be a non-negative int, not {steps!r}")
+    finite = check_finite
     ir = build(scheme)
     program = eager_step(ir)  # refuses an implicit scheme, with the reason
     values = dict(scheme.defaults())
@@ -208,8 +210,8 @@ def run(
             )
         else:
             history = program.step(history, coefficients, t, k, ops)
-        if check_finite:
-            _check_finite(program.newest(history), f"step {k + 1}")
+        if finite:
+            check_finite_states(program.newest(history), f"step {k + 1}")
         if path is not None:
             path.append(program.newest(history))
     final = program.newest(history)
@@ -223,10 +225,3 @@ def _reads_time(ir: StepIR) -> bool:
     time = next(c.symbol for c in ir.coefficients if c.source == "time")
     branches = any(c.kind == "branch" for c in ir.calls)  # f(t, x) is handed the time
     return branches or any(time in e.free_symbols for e in ir.expressions())
-
-
-def _check_finite(values: Mapping[str, Any], where: str) -> None:
-    for name, value in values.items():
-        if isinstance(value, torch.Tensor) and not bool(torch.isfinite(value).all()):
-            bad = "NaN" if bool(torch.isnan(value).any()) else "an infinity"
-            raise UnrollError(f"{where}: state {name} holds {bad} (the iteration diverged)")

@@ -77,3 +77,12 @@ def initial_states(scheme: Scheme, x0: Any) -> tuple[dict[str, Any], str | None]
                 f"x0 has no value for state {name}, and the scheme gives it no initial value"
             )
     return current, single
+
+
+def check_finite(values: Mapping[str, Any], where: str) -> None:
+    """An `UnrollError` naming ``where`` (a step, a layer) and the state when one of ``values``
+    (state -> tensor) holds a NaN or an infinity."""
+    for name, value in values.items():
+        if isinstance(value, torch.Tensor) and not bool(torch.isfinite(value).all()):
+            bad = "NaN" if bool(torch.isnan(value).any()) else "an infinity"
+            raise UnrollError(f"{where}: state {name} holds {bad} (the iteration diverged)")

@@ -40,7 +40,7 @@ from unroll.ir import activations
 from unroll.ir.names import GREEK_NAMES
 from unroll.ir.step import StepIR, build
 from unroll.lowering.eager.program import EagerStep, advance, eager_step
-from unroll.lowering.eager.states import initial_states, primary_state, stack_path
+from unroll.lowering.eager.states import check_finite, initial_states, primary_state, stack_path
 from unroll.lowering.triton import op as triton_op
 from unroll.lowering.triton import tied as triton_tied
 
@@ -71,6 +71,8 @@ class Options:
     η = p_n.
     backend: "auto" (the fused Triton block update on CUDA tensors, PyTorch elsewhere),
     "torch" or "triton" (`unroll.lowering.triton.op.block_kernel`).
+    check_finite: raise an `UnrollError` naming the layer and the state as soon as a state
+    holds a NaN or an infinity (a diverging network is otherwise silent).
     """
 
     activation: str | Callable | None = None
@@ -87,6 +89,7 @@ class Options:
     survival: float | None = None
     stochastic: str = "drop"
     backend: str = "auto"
+    check_finite: bool = False
 
     def __post_init__(self):
         for name in ("dim", "channels", "kernel_size"):
@@ -656,6 +659,8 @@ class Network(nn.Module):
             c = shared if tied else block.coefficients.ordered()
             gain = self._gain(n, ref)
             history = block.step(history, n, gain, c, boot=n < self.boot_steps, fused=fused)
+            if self.options.check_finite:
+                check_finite(newest(history), f"layer {n + 1}")
             if path is not None:
                 path.append(newest(history))
         final = newest(history)

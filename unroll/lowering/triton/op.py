@@ -254,7 +254,9 @@ class BlockKernel:
 
     def __call__(self, tensors, coefficients) -> tuple:
         ins, coefs = self._names
-        new = self.op(dict(zip(ins, tensors, strict=True)), dict(zip(coefs, coefficients, strict=True)))
+        new = self.op(
+            dict(zip(ins, tensors, strict=True)), dict(zip(coefs, coefficients, strict=True))
+        )
         return tuple(new[o.state] for o in self.outputs)
 
 
