@@ -106,26 +106,115 @@ def _local(op: str) -> str:
 
 
 class _Emitter:
-    """Lines of the function body; CSE temporaries are printed just before their first use."""
+    """Lines of a function body; CSE temporaries are printed just before their first use.
 
-    def __init__(self, printer: TorchStepPrinter, temps: list[tuple[sp.Symbol, sp.Expr]]):
+    With ``fuse``, a sum c_0 + Σ c_i T_i (the c_i of numbers alone, the T_i tensors) is
+    printed as one fresh tensor and in-place accumulation, ``y = torch.add(T_1, T_2,
+    alpha=c_2); y.add_(T_3, alpha=c_3); ...``, each T_i that is not a value already (a sum
+    itself, a product) computed first: one pass over memory per term and one allocation, where
+    the plain expression allocates a tensor per operation. The sum keeps the form the scheme
+    gives it (β(x_k − x_<k-1>) is not expanded into βx_k − βx_<k-1>, which would lose the exact
+    zero of x_k − x_<k-1> at the start). The c_i must then be Python numbers (``alpha=`` takes
+    no tensor)."""
+
+    def __init__(
+        self, printer: TorchStepPrinter, temps: list[tuple[sp.Symbol, sp.Expr]], fuse: bool
+    ):
         self.printer = printer
         self.temps = dict(temps)
+        self.fuse = fuse
         self.done: set[sp.Symbol] = set()
         self.lines: list[str] = []
+        self.count = 0
 
     def need(self, expr: sp.Basic) -> None:
         for sym in sorted(expr.free_symbols & set(self.temps), key=lambda s: s.name):
             if sym not in self.done:
                 self.need(self.temps[sym])
                 self.done.add(sym)
+                self._emit(sym.name, self.temps[sym])
                 if self.printer._is_tensor(self.temps[sym]):
                     self.printer.tensors.add(sym)
-                self.lines.append(f"{sym.name} = {self.printer.doprint(self.temps[sym])}")
 
     def assign(self, name: str, expr: sp.Expr) -> None:
         self.need(expr)
-        self.lines.append(f"{name} = {self.printer.doprint(expr)}")
+        self._emit(name, expr)
+
+    def value(self, expr: sp.Expr) -> str:
+        """``expr`` as a name or an expression to pass on (sums computed first when fusing)."""
+        self.need(expr)
+        if self.fuse and _terms(expr, self.printer.tensors) is not None:
+            name = self._fresh()
+            self._emit(name, expr)
+            return name
+        return self.printer.doprint(expr)
+
+    def _fresh(self) -> str:
+        self.count += 1
+        return f"_s{self.count}"
+
+    def _emit(self, name: str, expr: sp.Expr) -> None:
+        terms = _terms(expr, self.printer.tensors) if self.fuse else None
+        if terms is None:
+            self.lines.append(f"{name} = {self.printer.doprint(expr)}")
+            return
+        c0, parts = terms
+        show = self.printer.doprint
+        named = []
+        for c, t in parts:
+            if isinstance(t, sp.Symbol):
+                named.append((c, t.name))
+            else:
+                sub = self._fresh()
+                self._emit(sub, t)
+                named.append((c, sub))
+        one = next((i for i, (c, _) in enumerate(named) if c == 1), None)
+        if one is not None:  # start from a term of coefficient 1: no multiplication
+            named = [named[one], *named[:one], *named[one + 1 :]]
+        (c1, t1), rest = named[0], named[1:]
+        if c1 != 1:
+            self.lines.append(f"{name} = torch.mul({t1}, {show(c1)})")
+        elif rest:
+            (c2, t2), rest = rest[0], rest[1:]
+            self.lines.append(f"{name} = {_combine('torch', t1, t2, c2, show)}")
+        else:  # one tensor plus a number
+            self.lines.append(f"{name} = {show(sp.Symbol(t1, real=True) + c0)}")
+            return
+        for c, t in rest:
+            self.lines.append(_combine(f"{name}", None, t, c, show, inplace=True))
+        if c0 != 0:
+            self.lines.append(f"{name}.add_({show(c0)})")
+
+
+def _combine(on: str, a: str | None, b: str, c: sp.Expr, show, inplace: bool = False) -> str:
+    """``a + c·b`` as one call: torch.add/sub(a, b[, alpha=c]), or on.add_/sub_(b[, alpha=c])."""
+    op, c = ("sub", -c) if c.could_extract_minus_sign() else ("add", c)
+    alpha = "" if c == 1 else f", alpha={show(c)}"
+    if inplace:
+        return f"{on}.{op}_({b}{alpha})"
+    return f"{on}.{op}({a}, {b}{alpha})"
+
+
+def _split(term: sp.Expr, tensors: set[sp.Symbol]) -> tuple[sp.Expr, sp.Expr]:
+    """(c, T) with term = c·T, c free of tensors."""
+    c, t = term.as_independent(*tensors, as_Add=False)
+    return c, t
+
+
+def _terms(expr: sp.Expr, tensors: set[sp.Symbol]) -> tuple | None:
+    """(c_0, [(c_i, T_i)]) for a sum with at least two parts (or one scaled sum), the c_i free
+    of tensors; None for what is printed as it is."""
+    if not expr.free_symbols & tensors:
+        return None
+    if isinstance(expr, sp.Add):
+        c0 = sp.Add(*(a for a in expr.args if not a.free_symbols & tensors))
+        parts = [_split(a, tensors) for a in expr.args if a.free_symbols & tensors]
+        return (c0, parts) if len(parts) + (c0 != 0) >= 2 else None
+    if isinstance(expr, sp.Mul):
+        c, t = _split(expr, tensors)
+        if c != 1 and isinstance(t, sp.Add):  # β(x_k − x_<k-1>): the sum, then one scaling
+            return sp.S.Zero, [(c, t)]
+    return None
 
 
 def _unpack(names: list[str], source: str) -> str:
@@ -134,17 +223,14 @@ def _unpack(names: list[str], source: str) -> str:
     return f"{', '.join(names)} = {source}"
 
 
-def module_source(ir: StepIR) -> str:
-    """The PyTorch module of one step of ``ir`` (see the module docstring for its shape)."""
-    if not ir.is_explicit:
-        raise UnrollError(
-            f"scheme {ir.label!r} is implicit ({ir.scheme.implicit_reason}); "
-            "running implicit schemes is not supported yet"
-        )
-    operators = _operator_names(ir)
+def _body(ir: StepIR, fuse: bool) -> tuple[list[str], list[str], list[str]]:
+    """The lines of one step: (all of them, those up to the operator outputs, and the names of
+    the host values and outputs that a fused update reads)."""
     branch_gain = ir.layer and any(c.kind == "branch" for c in ir.calls)
     tensors = {h.symbol for h in ir.history} | {c.symbol for c in ir.calls}
     tensors |= {a.symbol for a in ir.host}
+    if fuse:  # Scheme.run hands the time over as a tensor (torchdiffeq's): never an alpha=
+        tensors.add(_time(ir))
     printer = TorchStepPrinter(tensors)
 
     # Updates read scaled branch outputs under stochastic depth: give those their own symbols,
@@ -164,16 +250,14 @@ def module_source(ir: StepIR) -> str:
     exprs = [a.expr for a in ir.host] + [e for args in call_args for e in args] + updates
     temps, reduced = sp.cse(exprs, symbols=sp.numbered_symbols("_t", real=True), order="none")
     reduced_iter = iter(reduced)
-    body = _Emitter(printer, temps)
+    body = _Emitter(printer, temps, fuse)
 
     for a in ir.host:
         body.assign(a.name, next(reduced_iter))
     for c, args in zip(ir.calls, call_args, strict=True):
         printed = []
         for _ in args:
-            e = next(reduced_iter)
-            body.need(e)
-            printed.append(printer.doprint(e))
+            printed.append(body.value(next(reduced_iter)))
         body.lines.append(f"{c.name} = {_local(c.op)}({', '.join(printed)})  # {c.op}")
     if branch_gain:
         for c in ir.calls:
@@ -181,13 +265,26 @@ def module_source(ir: StepIR) -> str:
                 g = scaled[c.symbol].name
                 body.lines.append(f"{g} = {c.name} if _gain is None else {c.name} * _gain")
                 printer.tensors.add(scaled[c.symbol])
-    prologue = list(body.lines)  # the host values and the operator outputs, for a fused update
+    prologue = list(body.lines)
     read = [a.name for a in ir.host]
     read += [
         scaled[c.symbol].name if branch_gain and c.symbol in scaled else c.name for c in ir.calls
     ]
     for u in ir.updates:
         body.assign(u.name, next(reduced_iter))
+    return body.lines, prologue, read
+
+
+def module_source(ir: StepIR) -> str:
+    """The PyTorch module of one step of ``ir`` (see the module docstring for its shape)."""
+    if not ir.is_explicit:
+        raise UnrollError(
+            f"scheme {ir.label!r} is implicit ({ir.scheme.implicit_reason}); "
+            "running implicit schemes is not supported yet"
+        )
+    operators = _operator_names(ir)
+    lines, prologue, read = _body(ir, fuse=False)
+    numbers, _, _ = _body(ir, fuse=True)
 
     new = {a.state: a.name for a in (*ir.host, *ir.updates) if a.state is not None}
     history = []
@@ -201,15 +298,21 @@ def module_source(ir: StepIR) -> str:
         head.append(_unpack(params, "_c"))
     if operators:
         head.append(_unpack([_local(op) for op in operators], "_ops"))
-    lines = head + body.lines + [f"return ({', '.join(history)},)"]
+    back = [f"return ({', '.join(history)},)"]
     outputs = head + prologue + [f"return ({', '.join(read)},)" if read else "return ()"]
     doc = [a_text(a) for a in ir.host] + [c.text() for c in ir.calls]
     doc += [a_text(u) for u in ir.updates]
-    stem = identifier(ir.scheme.name or "scheme")
+    signature = f"(_h, _c, {time}, {index_name}, _ops, _gain=None):\n"
+
+    def function(name: str, doc: str, body: list[str]) -> str:
+        return f"def {name}{signature}    \"\"\"{doc}\"\"\"\n" + "".join(
+            f"    {line}\n" for line in body
+        )
+
     return (
-        f"# unroll eager step for scheme {stem}: generated by unroll {__version__} "
-        f"(template {TEMPLATE_VERSION}), do not edit.\n"
-        f'"""One step of scheme {stem}, printed from its step IR::\n\n'
+        f"# unroll eager step: generated by unroll {__version__} (template {TEMPLATE_VERSION}), "
+        "do not edit.\n"
+        '"""One step of a scheme, printed from its step IR::\n\n'
         + "".join(f"    {line}\n" for line in doc)
         + '"""\n\n'
         "import torch\n\n"
@@ -217,16 +320,27 @@ def module_source(ir: StepIR) -> str:
         f"HISTORY = {tuple(h.name for h in ir.history)!r}\n"
         f"PARAMETERS = {tuple(params)!r}\n"
         f"OPERATORS = {operators!r}\n\n\n"
-        f"def step(_h, _c, {time}, {index_name}, _ops, _gain=None):\n"
-        '    """The next history (HISTORY\'s layout) from this one, the parameters (PARAMETERS),\n'
-        "    the time, the index and the operators (OPERATORS); ``_gain`` scales the branch\n"
-        '    outputs the updates read (stochastic depth)."""\n'
-        + "".join(f"    {line}\n" for line in lines)
+        + function(
+            "step",
+            "The next history (HISTORY's layout) from this one, the parameters (PARAMETERS),\n"
+            "    the time, the index and the operators (OPERATORS); ``_gain`` scales the branch\n"
+            "    outputs the updates read (stochastic depth).",
+            head + lines + back,
+        )
         + "\n\n"
-        f"def outputs(_h, _c, {time}, {index_name}, _ops, _gain=None):\n"
-        '    """What a fused update reads besides the history: the host values, then the\n'
-        '    operator outputs (scaled by ``_gain`` where the updates read them so)."""\n'
-        + "".join(f"    {line}\n" for line in outputs)
+        + function(
+            "step_numbers",
+            "`step` for parameters that are Python numbers: linear combinations accumulate in\n"
+            "    place in one fresh tensor each.",
+            head + numbers + back,
+        )
+        + "\n\n"
+        + function(
+            "outputs",
+            "What a fused update reads besides the history: the host values, then the\n"
+            "    operator outputs (scaled by ``_gain`` where the updates read them so).",
+            outputs,
+        )
     )
 
 

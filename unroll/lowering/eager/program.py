@@ -31,6 +31,7 @@ class EagerStep:
 
     ir: StepIR
     step: Callable[..., tuple]
+    step_numbers: Callable[..., tuple]  # `step` for parameters that are Python numbers
     outputs: Callable[..., tuple]  # host values, then operator outputs: what a fused update reads
     history: tuple[str, ...]
     parameters: tuple[str, ...]
@@ -66,6 +67,7 @@ def eager_step(ir: StepIR) -> EagerStep:
     return EagerStep(
         ir=ir,
         step=module.step,
+        step_numbers=module.step_numbers,
         outputs=module.outputs,
         history=module.HISTORY,
         parameters=module.PARAMETERS,

@@ -118,6 +118,38 @@ def _parameters(program: EagerStep, values: Mapping[str, Any]) -> tuple:
     return tuple(out)
 
 
+def _numbers(values: tuple) -> tuple | None:
+    """``values`` as Python numbers when they all are numbers, or one-element tensors that need
+    no gradient (then `EagerStep.step_numbers` may take them); else None."""
+    out = []
+    for v in values:
+        if isinstance(v, torch.Tensor):
+            if v.numel() != 1 or v.requires_grad:
+                return None
+            v = v.item()
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return None
+        out.append(v)
+    return tuple(out)
+
+
+def _stepper(program: EagerStep, coefficients: tuple) -> tuple[Callable, tuple]:
+    """The step function for these coefficients and the coefficients it takes: the one that
+    accumulates linear combinations in place when they are all plain numbers."""
+    numbers = _numbers(coefficients)
+    if numbers is None:
+        return program.step, coefficients
+    fast = program.step_numbers
+
+    def step(history, c, t, k, ops, gain=None):
+        try:
+            return fast(history, c, t, k, ops, gain)
+        except RuntimeError:  # e.g. an operator output of a wider dtype than the state:
+            return program.step(history, c, t, k, ops, gain)  # the plain step promotes it
+
+    return step, numbers
+
+
 class Stepper:
     """One step of a scheme over PyTorch values: ``step(history, k, t) -> new values``, with
     ``history[name]`` the list [x_k, x_{k-1}, ...] (newest first) of each state, ``ops`` the
@@ -194,7 +226,9 @@ def run(
         boot = eager_step(ir.startup)
         boot_values = {**ir.startup.scheme.defaults(), **values}
         boot_steps = min(steps, max(s.depth for s in ir.states) - 1)
-        boot_ops, boot_coefficients = boot.ops(callables), _parameters(boot, boot_values)
+        boot_ops = boot.ops(callables)
+        boot_step, boot_coefficients = _stepper(boot, _parameters(boot, boot_values))
+    main_step, coefficients = _stepper(program, coefficients)
     ref = next(v for v in current.values() if isinstance(v, torch.Tensor))
     reads_time = any(_reads_time(p.ir) for p in (program, boot) if p is not None)
     path = [dict(current)] if trajectory else None
@@ -205,11 +239,10 @@ def run(
         if k < boot_steps:
             now = program.newest(history)
             start = tuple(now[s.name] for s in boot.ir.states)
-            history = advance(
-                ir, history, boot.newest(boot.step(start, boot_coefficients, t, k, boot_ops))
-            )
+            new = boot_step(start, boot_coefficients, t, k, boot_ops)
+            history = advance(ir, history, boot.newest(new))
         else:
-            history = program.step(history, coefficients, t, k, ops)
+            history = main_step(history, coefficients, t, k, ops)
         if finite:
             check_finite_states(program.newest(history), f"step {k + 1}")
         if path is not None:

@@ -179,7 +179,11 @@ class Bound:
     def __call__(self, raw: torch.Tensor) -> torch.Tensor:
         lo, hi = self.lo, self.hi
         if lo is not None and hi is not None:
-            value = torch.sigmoid(raw) * (hi - lo) + lo
+            value = torch.sigmoid(raw)
+            if hi - lo != 1:
+                value = value * (hi - lo)
+            if lo != 0:
+                value = value + lo
         elif lo is not None:
             value = nn.functional.softplus(raw) + lo
         else:
@@ -253,6 +257,21 @@ class Coefficients(nn.Module):
     def ordered(self) -> tuple[torch.Tensor, ...]:
         """The values in the order the block's step takes them (once per forward)."""
         return tuple(self.value(n) for n in self.names)
+
+    @staticmethod
+    def stacked(all: Sequence[Coefficients]) -> list[tuple[torch.Tensor, ...]]:
+        """`ordered` of every one of ``all`` (blocks of one network, built alike), each bounded
+        parameter mapped into its bounds in one operation over all blocks, not one per block."""
+        first = all[0]
+        columns = []
+        for name in first.names:
+            bound = first.bounds.get(name)
+            if bound is None:
+                columns.append([c.value(name) for c in all])
+                continue
+            raws = torch.stack([c._parameters[f"raw_{name}"] for c in all])
+            columns.append(list(bound(raws).unbind(0)))
+        return list(zip(*columns, strict=True)) if columns else [() for _ in all]
 
     def __getattr__(self, name: str) -> Any:
         names = self.__dict__.get("names", ())
@@ -652,11 +671,14 @@ class Network(nn.Module):
         path = [dict(current)] if trace else None
         ref = next(v for k, v in current.items() if not self.form.states[k].scalar)
         tied = self.options.tied
-        shared = block0.coefficients.ordered() if tied else None
+        if tied:
+            values = [block0.coefficients.ordered()] * self.depth
+        else:
+            values = Coefficients.stacked([b.coefficients for b in self.blocks])
         newest = block0._program.newest
         for n in range(self.depth):
             block = block0 if tied else self.blocks[n]
-            c = shared if tied else block.coefficients.ordered()
+            c = values[n]
             gain = self._gain(n, ref)
             history = block.step(history, n, gain, c, boot=n < self.boot_steps, fused=fused)
             if self.options.check_finite:

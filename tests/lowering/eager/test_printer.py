@@ -1,0 +1,112 @@
+"""The printed eager step: its two forms agree, it holds no user text, and it is what runs."""
+
+from __future__ import annotations
+
+import ast
+
+import pytest
+import sympy as sp
+import torch
+
+import unroll
+from unroll.frontend.scheme import Scheme
+from unroll.ir.step import build
+from unroll.lowering.eager.program import eager_step
+
+EXPLICIT = sorted(n for n, s in unroll.schemes.items() if s.is_explicit)
+
+
+def _inputs(ir, generator):
+    """Random float64 history values and parameters, and smooth operators, for one step."""
+    shape = (3, 4)
+    history = tuple(
+        torch.rand((), dtype=torch.float64, generator=generator) + 0.5
+        if h.scalar
+        else torch.randn(shape, dtype=torch.float64, generator=generator)
+        for h in ir.history
+    )
+    params = tuple(
+        0.3 + 0.4 * float(torch.rand((), dtype=torch.float64, generator=generator))
+        for _ in ir.parameters
+    )
+    ops = []
+    for name in eager_step(ir).operators:
+        kind = ir.operators().get(name, "act")
+        if kind == "branch" and not ir.layer:
+            ops.append(lambda t, x: torch.sin(x) + 0.1 * t)
+        else:
+            ops.append(torch.tanh)
+    return history, params, tuple(ops)
+
+
+@pytest.mark.parametrize("layer", [False, True], ids=["scheme", "layer"])
+@pytest.mark.parametrize("name", EXPLICIT)
+def test_the_in_place_step_for_numbers_is_the_plain_step(name, layer):
+    ir = build(unroll.schemes[name], layer=layer)
+    program = eager_step(ir)
+    g = torch.Generator().manual_seed(0)
+    history, params, ops = _inputs(ir, g)
+    t = torch.tensor(0.7, dtype=torch.float64)
+    plain = program.step(history, params, t, 3, ops)
+    fused = program.step_numbers(history, params, t, 3, ops)
+    assert len(plain) == len(fused) == len(history)
+    for a, b in zip(plain, fused, strict=True):
+        # The same sums in another association: a few float64 roundings of O(1) values.
+        torch.testing.assert_close(b, a, rtol=1e-14, atol=1e-14)
+
+
+def test_the_plain_step_is_what_the_ir_says():
+    """The printed step against the IR's update evaluated by SymPy (an independent reading)."""
+    ir = build(unroll.schemes["rk4"])
+    program = eager_step(ir)
+    x, h, t = 0.3, 0.1, 0.2
+    f = lambda t, x: x * (1 - x) + t  # noqa: E731
+    x0, t0 = torch.tensor(x, dtype=torch.float64), torch.tensor(t, dtype=torch.float64)
+    got = program.step((x0,), (h,), t0, 0, (f,))
+    a = f(t, x)
+    b = f(t + h / 2, x + h / 2 * a)
+    c = f(t + h / 2, x + h / 2 * b)
+    d = f(t + h, x + h * c)
+    assert float(got[0]) == pytest.approx(x + h / 6 * (a + 2 * b + 2 * c + d), rel=1e-15)
+
+
+def test_no_text_of_the_users_reaches_the_source():
+    eqs = unroll.compile("x_<k+1> = x_k - α ∇F").equations
+    hostile = Scheme(eqs, name='x""";import os;os.mkdir("pwned");"""\nbad', description='"""')
+    source = eager_step(build(hostile)).source
+    assert "pwned" not in source and "import os" not in source
+    tree = ast.parse(source)
+    kinds = [type(node).__name__ for node in tree.body]
+    assert (
+        kinds
+        == ["Expr", "Import", "ImportFrom", "Assign", "Assign", "Assign"] + ["FunctionDef"] * 3
+    )
+
+
+def test_run_takes_the_in_place_step_only_for_plain_numbers():
+    """A trainable coefficient (a tensor that needs a gradient) runs the plain step, and the
+    gradient flows; numbers run the in-place one; both give the same iterates."""
+    c = torch.randn(5, dtype=torch.float64)
+    x0 = torch.randn(5, dtype=torch.float64)
+    grad = lambda x: x - c  # noqa: E731
+    hb = unroll.schemes["heavy_ball"]
+    alpha = torch.tensor(0.1, dtype=torch.float64, requires_grad=True)
+    x = hb.run(x0, 10, grad=grad, α=alpha, β=0.9)
+    (da,) = torch.autograd.grad(x.sum(), alpha)
+    eps = 1e-6
+    plus = hb.run(x0, 10, grad=grad, α=0.1 + eps, β=0.9).sum()
+    minus = hb.run(x0, 10, grad=grad, α=0.1 - eps, β=0.9).sum()
+    # central difference: O(eps²) truncation plus float64 rounding / eps ≈ 1e-10
+    assert float(da) == pytest.approx(float(plus - minus) / (2 * eps), rel=1e-7)
+    torch.testing.assert_close(
+        x.detach(), hb.run(x0, 10, grad=grad, α=0.1, β=0.9), rtol=0, atol=1e-14
+    )
+
+
+def test_every_symbol_of_the_ir_is_an_identifier_in_the_source():
+    ir = build(unroll.compile("x_<k+1> = x_k + λ(x_k - x_<k-1>) - mask ∇F(x_k + tl x_k)"))
+    source = eager_step(ir).source
+    compile(source, "<eager>", "exec")  # a keyword named λ -> 'lambda' would not parse
+    names = {c.name for c in ir.parameters}
+    assert "lambda" not in names and all(n.isidentifier() for n in names)
+    assert sp.Symbol("mask") not in {c.ref for c in ir.parameters} or "mask_v" in names
