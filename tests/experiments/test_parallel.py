@@ -126,8 +126,11 @@ def test_trains_by_backprop(order):
 
 
 def test_bad_inputs_are_named():
-    with pytest.raises(UnrollError, match=r"model\[1\]"):
-        unroll.parallelize(nn.Sequential(Residual(nn.Identity()), nn.Linear(3, 3)))
+    wide = unroll.parallelize(nn.Sequential(Residual(nn.Identity()), nn.Linear(3, 4)))
+    with pytest.raises(
+        UnrollError, match=r"model\[1\]: Linear maps x of shape \(2, 3\) to \(2, 4\)"
+    ):
+        wide(torch.zeros(2, 3))
     with pytest.raises(UnrollError, match="nn.Sequential"):
         unroll.parallelize(Residual(nn.Identity()))
     with pytest.raises(UnrollError, match="order"):
@@ -275,3 +278,25 @@ def test_order_two_of_a_triton_backed_network_is_the_eager_one():
         got, want = unroll.parallelize(fused, 2)(x), unroll.parallelize(eager, 2)(x)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-14)  # the same float64 operations
     assert all(block.options.backend == "triton" for block in fused.blocks)  # left as it was
+
+
+class PlainBlock(nn.Module):
+    """A residual block that exposes nothing: y = x + g(x) inside its forward."""
+
+    def __init__(self, g: nn.Module):
+        super().__init__()
+        self.g = [g]  # hidden from the .f/.branch protocol (not a registered submodule)
+        self.layer = g
+
+    def forward(self, x):
+        return x + self.layer(x)
+
+
+def test_any_module_that_keeps_the_shape_is_a_residual_block():
+    torch.manual_seed(0)
+    gs = [nn.Sequential(nn.Linear(5, 5), nn.Tanh()).double() for _ in range(3)]
+    stack = nn.Sequential(*(PlainBlock(g) for g in gs))
+    x = torch.randn(4, 5, dtype=torch.float64)
+    got = unroll.parallelize(stack)(x)
+    want = x + sum(g(x) for g in gs)  # x + Σ f_k(x), f_k(x) = block_k(x) − x
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-14)  # x + g − x rounds once per block

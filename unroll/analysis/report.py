@@ -78,7 +78,10 @@ def facts(scheme, activation: str | None = None, mu: float = MU, L: float = L) -
 
     layer_form = _optional("unroll.ir.layer_form", "layer_form")
     if layer_form is None:
-        out["layer"], notes["layer"] = None, "not available: unroll.lowering.nn.layer_form is missing"
+        out["layer"], notes["layer"] = (
+            None,
+            "not available: unroll.lowering.nn.layer_form is missing",
+        )
     else:
         form, err = _try(layer_form, scheme)
         out["layer"] = "; ".join(str(form).splitlines()) if form is not None else None

@@ -38,4 +38,3 @@ for _info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.nam
 
 def main(argv: list[str] | None = None) -> None:
     cli.main(args=argv, prog_name="unroll")
-

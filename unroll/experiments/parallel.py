@@ -24,7 +24,7 @@ from torch.func import jvp
 from unroll.errors import UnrollError
 from unroll.lowering.nn.modules import Block, Network
 
-__all__ = ["Increment", "Parallel", "Residual", "branch", "parallelize"]
+__all__ = ["Difference", "Increment", "Parallel", "Residual", "branch", "parallelize"]
 
 
 class Residual(nn.Module):
@@ -79,24 +79,38 @@ def _one_step(form) -> str:
     return state
 
 
-def branch(block: nn.Module) -> nn.Module:
-    """The residual branch f of ``block``.
+class Difference(nn.Module):
+    """The branch of any residual block: f(x) = block(x) − x, for a ``block`` that maps x to a
+    tensor of x's shape (an `UnrollError` at the first call otherwise)."""
 
-    The protocol: a residual block computes x + f(x) and exposes f as the attribute ``f``
-    (as `Residual` does) or ``branch``. Nothing else of the block is used, so any extra
-    behaviour in its ``forward`` (a scale, a norm around the sum) is not carried over. A
-    block of a one-step scheme (`Scheme.layer`) gives its `Increment`.
-    """
+    def __init__(self, block: nn.Module, where: str = ""):
+        super().__init__()
+        self.block, self.where = block, where
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.block(x)
+        if not isinstance(y, Tensor) or y.shape != x.shape:
+            got = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
+            raise UnrollError(
+                f"{self.where}{type(self.block).__name__} maps x of shape {tuple(x.shape)} to "
+                f"{got}: a residual block x -> x + f(x) keeps the shape"
+            )
+        return y - x
+
+
+def branch(block: nn.Module, where: str = "") -> nn.Module:
+    """The residual branch f of ``block``: its attribute ``f`` or ``branch`` when it exposes one
+    (a fast path: then nothing else of the block is used, so any extra behaviour in its
+    ``forward``, a scale or a norm around the sum, is not carried over); a block of a one-step
+    scheme (`Scheme.layer`) gives its `Increment`; any other module mapping x to x's shape is
+    read as x + f(x), f(x) = block(x) − x (`Difference`)."""
     if isinstance(block, Block):
         return Increment(block)
     for name in ("f", "branch"):
         f = getattr(block, name, None)
         if isinstance(f, nn.Module):
             return f
-    raise UnrollError(
-        f"{type(block).__name__} is not a residual block: it exposes neither a module "
-        "'.f' nor '.branch' (wrap the branch as unroll.experiments.parallel.Residual(f))"
-    )
+    return Difference(block, where)
 
 
 class Parallel(nn.Module):
@@ -154,10 +168,7 @@ def parallelize(model: nn.Module, order: int = 1, *, share: bool = True) -> Para
             raise UnrollError("model has no residual blocks")
         branches = []
         for i, block in enumerate(model):
-            try:
-                branches.append(branch(block))
-            except UnrollError as e:
-                raise UnrollError(f"model[{i}]: {e}") from None
+            branches.append(branch(block, f"model[{i}]: "))
     else:
         raise UnrollError(
             "model must be an nn.Sequential of residual blocks or a Scheme.network, "

@@ -24,6 +24,7 @@ torch.compile), ``torch.save``/``copy.deepcopy``-able, state dicts keyed by ASCI
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -46,6 +47,36 @@ from unroll.lowering.triton import tied as triton_tied
 
 BACKENDS = ("auto", "torch", "triton")
 STOCHASTIC = ("drop", "noise")
+INITS = ("default", "kaiming", "xavier", "orthogonal", "zeros")
+
+
+class per_block:  # noqa: N801 - a value users write inline, as they would a tuple
+    """Initial values of one coefficient, one per block: a sequence of ``depth`` values
+    (numbers or tensors), or a callable of the block index n (0-based) returning one, e.g.
+    ``params={"κ": unroll.per_block(lambda n: torch.empty(()).uniform_(-0.1, 0))}``."""
+
+    def __init__(self, values: Sequence[Any] | Callable[[int], Any]):
+        if not (callable(values) or isinstance(values, (Sequence, torch.Tensor))) or isinstance(
+            values, str
+        ):
+            raise UnrollError(
+                f"per_block takes a sequence of values or a callable of the block index, "
+                f"not {values!r}"
+            )
+        self.values = values
+
+    def at(self, n: int, depth: int, name: str) -> Any:
+        """Block ``n``'s value of the coefficient ``name`` (of ``depth`` blocks)."""
+        if callable(self.values):
+            return self.values(n)
+        if len(self.values) != depth:
+            raise UnrollError(
+                f"params[{name!r}]: per_block gives {len(self.values)} values for {depth} blocks"
+            )
+        return self.values[n]
+
+    def __repr__(self) -> str:
+        return f"per_block({self.values!r})"
 
 
 # -- options ---------------------------------------------------------------------------------
@@ -73,6 +104,21 @@ class Options:
     "torch" or "triton" (`unroll.lowering.triton.op.block_kernel`).
     check_finite: raise an `UnrollError` naming the layer and the state as soon as a state
     holds a NaN or an infinity (a diverging network is otherwise silent).
+    init: how the weights start: "default" (each module's own PyTorch initialisation: nn.Linear
+    and nn.Conv2d draw U(−1/√fan_in, 1/√fan_in)), "kaiming" (He: normal, fan_in, gain √2),
+    "xavier" (Glorot: uniform), "orthogonal", "zeros" (the last layer of every residual
+    branch f starts at zero, so that a deep residual network starts as the identity), or a
+    callable applied to every operator module as `torch.nn.Module.apply` does. Biases of the
+    initialised layers start at zero (but with "default").
+    in_dim, out_dim: a stem ``Linear(in_dim, dim)`` before the steps and a head
+    ``Linear(dim, out_dim)`` after them (dense networks); in_channels, num_classes: a stem
+    conv3×3 → BatchNorm → ReLU from ``in_channels`` and a head average pool → Linear to
+    ``num_classes`` (convolutional networks). The network then maps inputs to outputs.
+
+    Parameter values (``params``): a number is the initial value of every block; a tensor of
+    ``width`` values is one value per channel, for a parameter listed in ``per_channel`` (or
+    marked so by the scheme); `per_block` values (a sequence of ``depth`` values, or a callable
+    of the block index returning one) give each block its own initial value.
     """
 
     activation: str | Callable | None = None
@@ -90,9 +136,22 @@ class Options:
     stochastic: str = "drop"
     backend: str = "auto"
     check_finite: bool = False
+    init: str | Callable = "default"
+    in_dim: int | None = None
+    out_dim: int | None = None
+    in_channels: int | None = None
+    num_classes: int | None = None
 
     def __post_init__(self):
-        for name in ("dim", "channels", "kernel_size"):
+        for name in (
+            "dim",
+            "channels",
+            "kernel_size",
+            "in_dim",
+            "out_dim",
+            "in_channels",
+            "num_classes",
+        ):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise UnrollError(f"{name} must be a positive int, not {v!r}")
@@ -119,6 +178,16 @@ class Options:
             raise UnrollError(
                 f"params must be a mapping of parameter names to values, not {self.params!r}"
             )
+        if not callable(self.init) and self.init not in INITS:
+            raise UnrollError(
+                f"init must be one of {', '.join(INITS)} or a callable, not {self.init!r}"
+            )
+        dense = [n for n in ("in_dim", "out_dim") if getattr(self, n) is not None]
+        conv = [n for n in ("in_channels", "num_classes") if getattr(self, n) is not None]
+        if dense and self.dim is None:
+            raise UnrollError(f"{dense[0]}= adds a dense stem or head: it needs dim= (a dense W)")
+        if conv and self.channels is None:
+            raise UnrollError(f"{conv[0]}= adds a convolutional stem or head: it needs channels=")
         if self.activation is not None and not (
             isinstance(self.activation, str) or callable(self.activation)
         ):
@@ -627,11 +696,13 @@ class Network(nn.Module):
             min(depth, max(s.depth for s in self.ir.states) - 1) if self.ir.startup else 0
         )
         count = 1 if opts.tied else depth
-        self.blocks = nn.ModuleList(_block(self.ir, opts) for _ in range(count))
+        self.blocks = nn.ModuleList(_block(self.ir, opts, n, count) for n in range(count))
         if opts.survival is not None and not any(c.kind == "branch" for c in self.ir.calls):
             raise UnrollError(
                 "stochastic depth scales residual branches: it needs an ODE scheme with f(x)"
             )
+        _initialise(self.blocks, opts.init, self.ir)
+        self.stem, self.head = _stem(opts), _head(opts)
 
     def survival(self, n: int) -> float:
         """p_n of block n (0-based): 1 − ((n + 1)/L)(1 − p_L), so the last block has p_L."""
@@ -658,13 +729,17 @@ class Network(nn.Module):
         return_objective: bool = False,
     ) -> Any:
         """The final state (x0's shape; a mapping when x0 is one), or a `Trace` with the
-        per-layer states and F when asked for."""
+        per-layer states and F when asked for. With a stem and a head (``in_dim``/``out_dim``,
+        ``in_channels``/``num_classes``) the input goes through the stem first and the result
+        is the head's output on the final primary state."""
+        if self.stem is not None:
+            x0 = self.stem(_stem_input(self.options, x0))
         current, single = initial_states(self.form, x0)
         _check_width(self.options, self.form, current)
         trace = return_states or return_objective
         out = self._tied_kernel(x0, trace)
         if out is not None:
-            return out
+            return self._headed(out, single)
         block0 = self.blocks[0]
         fused = _fused(self.options.backend, block0.activation, block0._uses_activation, current)
         history = tuple(current[s.name] for s in self.ir.states for _ in s.history)
@@ -686,13 +761,18 @@ class Network(nn.Module):
             if path is not None:
                 path.append(newest(history))
         final = newest(history)
-        out = final[single] if single else final
+        out = self._headed(final[single] if single else final, single)
         if path is None:
             return out
         stacked = stack_path(path, final)
         states = (stacked[single] if single else stacked) if return_states else None
         F = self._objective(stacked) if return_objective else None
         return Trace(out, states, F)
+
+    def _headed(self, out: Any, single: str | None) -> Any:
+        if self.head is None:
+            return out
+        return self.head(out if single else out[primary_state(self.form)])
 
     def _tied_kernel(self, x0: Any, trace: bool) -> Any:
         """The whole network in one Triton kernel when it can run (else None, with
@@ -747,7 +827,8 @@ def _objective_backed(scheme: Scheme) -> bool:
     return scheme.kind == "optimizer" or identify(scheme) in ("feedforward", "HB-Net", "AGD-Net")
 
 
-def _block(ir: StepIR, opts: Options) -> Block:
+def _block(ir: StepIR, opts: Options, n: int = 0, count: int = 1) -> Block:
+    """Block ``n`` of ``count`` (the one of a tied network: n = 0, count = 1)."""
     used = dict(ir.operators())
     if ir.startup is not None:
         used.update(ir.startup.operators())
@@ -760,7 +841,116 @@ def _block(ir: StepIR, opts: Options) -> Block:
             operators[name] = _branch(opts, name, len(branches))
         else:  # pragma: no cover - the layer form has no ∇F
             raise UnrollError(f"operator {name} has no module")
-    return Block(ir, operators, _coefficients(ir, opts), _activation(opts, ir), opts.kept())
+    coefficients = _coefficients(ir, opts, n, count)
+    return Block(ir, operators, coefficients, _activation(opts, ir), opts.kept())
+
+
+# -- initialisation, stem and head -------------------------------------------------------------
+_WEIGHTED = (nn.Linear, nn.Conv2d, SymmetricLinear, SymmetricConv2d)
+
+
+def _weight(module: nn.Module) -> torch.Tensor:
+    return (
+        module.raw_weight
+        if isinstance(module, (SymmetricLinear, SymmetricConv2d))
+        else module.weight
+    )
+
+
+def _initialise(blocks: Iterable[Block], init: str | Callable, ir: StepIR) -> None:
+    """Apply ``init`` (see `Options`) to every operator module of ``blocks``, each once."""
+    if init == "default":
+        return
+    seen: set[int] = set()
+    modules = []
+    for block in blocks:
+        for name, module in block.operators.items():
+            if id(module) not in seen:
+                seen.add(id(module))
+                modules.append((name, module))
+    if callable(init):
+        for _, module in modules:
+            module.apply(init)
+        return
+    branches = [(n, m) for n, m in modules if ir.operators().get(n, "branch") == "branch"]
+    if init == "zeros":
+        if not branches:
+            raise UnrollError(
+                f"init='zeros' starts every residual branch f at zero; {ir.label!r} has no "
+                "branch (its layers are W and φ)"
+            )
+        for name, module in branches:
+            layers = [m for m in module.modules() if isinstance(m, _WEIGHTED)]
+            if not layers:
+                raise UnrollError(
+                    f"init='zeros': the branch {name} has no Linear or Conv2d layer to zero"
+                )
+            with torch.no_grad():
+                _weight(layers[-1]).zero_()
+                if getattr(layers[-1], "bias", None) is not None:
+                    layers[-1].bias.zero_()
+        return
+    fill = {
+        "kaiming": lambda w: nn.init.kaiming_normal_(w, nonlinearity="relu"),
+        "xavier": nn.init.xavier_uniform_,
+        "orthogonal": nn.init.orthogonal_,
+    }[init]
+    for _, module in modules:
+        for layer in module.modules():
+            if isinstance(layer, _WEIGHTED):
+                with torch.no_grad():
+                    fill(_weight(layer))
+                    if getattr(layer, "bias", None) is not None:
+                        layer.bias.zero_()
+
+
+def _stem(opts: Options) -> nn.Module | None:
+    if opts.in_dim is not None:
+        return nn.Linear(opts.in_dim, opts.dim)
+    if opts.in_channels is not None:
+        return conv_stem(opts.in_channels, opts.channels)
+    return None
+
+
+def _head(opts: Options) -> nn.Module | None:
+    if opts.out_dim is not None:
+        return nn.Linear(opts.dim, opts.out_dim)
+    if opts.num_classes is not None:
+        return conv_head(opts.channels, opts.num_classes)
+    return None
+
+
+def conv_stem(in_channels: int, channels: int) -> nn.Module:
+    """conv3×3 (no bias) → BatchNorm → ReLU, as the CIFAR ResNets begin."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(channels),
+        nn.ReLU(),
+    )
+
+
+def conv_head(channels: int, num_classes: int) -> nn.Module:
+    """Global average pooling → Linear, as the CIFAR ResNets end: (B, C, H, W) -> (B, classes)."""
+    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes))
+
+
+def _stem_input(opts: Options, x: Any) -> torch.Tensor:
+    """The network's input when it has a stem: a tensor of in_dim features or in_channels."""
+    if not isinstance(x, torch.Tensor):
+        raise UnrollError(
+            f"a network with a stem takes a tensor, not a {type(x).__name__} of states"
+        )
+    width, axis, option = (
+        (opts.in_dim, -1, "in_dim")
+        if opts.in_dim is not None
+        else (opts.in_channels, -3, "in_channels")
+    )
+    if x.dim() < -axis or x.shape[axis] != width:
+        raise UnrollError(
+            f"the input has shape {tuple(x.shape)}, but the network was built with "
+            f"{option}={width} (axis {axis} must be {width})"
+        )
+    return x
 
 
 def _activation(opts: Options, ir: StepIR) -> str | Callable | None:
@@ -777,7 +967,10 @@ def _activation(opts: Options, ir: StepIR) -> str | Callable | None:
     return act
 
 
-def _coefficients(ir: StepIR, opts: Options) -> Coefficients:
+def _coefficients(ir: StepIR, opts: Options, n: int = 0, count: int = 1) -> Coefficients:
+    """Block ``n`` of ``count``'s coefficients. An ODE scheme's step h defaults to 1 here (a
+    network absorbs the step into its branches, the ResNet convention), whatever the scheme
+    file gives `Scheme.run`."""
     form = ir.scheme
     given = canonical_params(form, opts.params)
     trainable = (
@@ -793,7 +986,20 @@ def _coefficients(ir: StepIR, opts: Options) -> Coefficients:
     aliases: dict[str, str] = {}
     for c in ir.parameters:
         spec = c.spec
-        value = given.get(spec.name, spec.default)
+        default = 1 if form.kind == "ode" and spec.name in STEP_NAMES else spec.default
+        value = given.get(spec.name, default)
+        if isinstance(value, per_block):
+            if opts.tied:
+                raise UnrollError(
+                    f"params[{spec.name!r}]: per_block values need one block per step "
+                    "(tied=True shares one)"
+                )
+            value = value.at(n, count, spec.name)
+        elif callable(value) and not isinstance(value, torch.Tensor):
+            raise UnrollError(
+                f"params[{spec.name!r}] is a callable: wrap an initialiser of the block index "
+                "as unroll.per_block(...)"
+            )
         if value is None:
             raise UnrollError(
                 f"missing value for parameter {spec.name} (pass params={{{spec.name!r}: ...}}; "
@@ -813,6 +1019,12 @@ def _initial(name: str, value: Any, bounds, per_channel: bool, opts: Options) ->
         t = torch.as_tensor(value, dtype=torch.get_default_dtype()).clone()
     except (TypeError, ValueError, RuntimeError):
         raise UnrollError(f"params[{name!r}] must be a number or a tensor, not {value!r}") from None
+    if not per_channel and t.numel() != 1:
+        raise UnrollError(
+            f"params[{name!r}] has shape {tuple(t.shape)}: a vector is one value per channel "
+            f"only with per_channel=[{name!r}]; one value per block: unroll.per_block([...])"
+        )
+    t = t.reshape(()) if not per_channel else t
     if per_channel:
         if opts.width is None:
             raise UnrollError(f"parameter {name} is per channel: pass dim= or channels=")
@@ -820,7 +1032,10 @@ def _initial(name: str, value: Any, bounds, per_channel: bool, opts: Options) ->
         try:
             t = t.expand(shape).clone() if t.dim() == 0 else t.reshape(shape).clone()
         except RuntimeError:
-            raise UnrollError(f"params[{name!r}] has shape {tuple(t.shape)}, not {shape}") from None
+            raise UnrollError(
+                f"params[{name!r}] has shape {tuple(t.shape)}: per channel it needs "
+                f"{opts.width} values, shape {shape}"
+            ) from None
     lo, hi = bounds
     if (lo is not None and bool((t < lo).any())) or (hi is not None and bool((t > hi).any())):
         raise UnrollError(f"params[{name!r}] = {value!r} lies outside the bounds {bounds}")
@@ -838,3 +1053,105 @@ def layer(scheme: Scheme, **options: Any) -> Block:
 def network(scheme: Scheme, depth: int, **options: Any) -> Network:
     """``depth`` unrolled steps of ``scheme`` as a `Network` (see `Options` for the options)."""
     return Network(scheme, depth, Options.of(options))
+
+
+# -- multi-stage convolutional classifiers ----------------------------------------------------------
+def basic_branch(width: int) -> nn.Module:
+    """The residual branch of a CIFAR ResNet's basic block: conv3×3 → BatchNorm → ReLU →
+    conv3×3 → BatchNorm, ``width`` channels in and out."""
+    return nn.Sequential(
+        nn.Conv2d(width, width, 3, padding=1, bias=False),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+        nn.Conv2d(width, width, 3, padding=1, bias=False),
+        nn.BatchNorm2d(width),
+    )
+
+
+def transition(in_width: int, out_width: int) -> nn.Module:
+    """Between two stages: conv3×3 with stride 2 (half the resolution, new width) → BatchNorm →
+    ReLU."""
+    return nn.Sequential(
+        nn.Conv2d(in_width, out_width, 3, stride=2, padding=1, bias=False),
+        nn.BatchNorm2d(out_width),
+        nn.ReLU(),
+    )
+
+
+class Staged(nn.Module):
+    """stem → stage 1 → transition → stage 2 → ... → head: a convolutional classifier whose
+    stages are `Network`s of one scheme. (B, in_channels, H, W) -> (B, num_classes)."""
+
+    def __init__(
+        self,
+        stem: nn.Module,
+        stages: Sequence[Network],
+        transitions: Sequence[nn.Module],
+        head: nn.Module,
+    ):
+        super().__init__()
+        self.stem, self.head = stem, head
+        self.stages = nn.ModuleList(stages)
+        self.transitions = nn.ModuleList(transitions)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for i, stage in enumerate(self.stages):
+            if i:
+                x = self.transitions[i - 1](x)
+            x = stage(x)
+        return self.head(x)
+
+
+def staged(
+    scheme: Scheme,
+    stages: Sequence[tuple[int, int]],
+    *,
+    in_channels: int,
+    num_classes: int,
+    f: Any = None,
+    **options: Any,
+) -> Staged:
+    """A multi-stage convolutional classifier of ``scheme``'s blocks, as the papers' CIFAR
+    networks are built: ``stages`` is a sequence of (width, depth), e.g. [(16, 3), (32, 3),
+    (64, 3)]; a stride-2 `transition` halves the resolution between stages. ``f``: for an ODE
+    scheme, a factory of the width returning a branch module (or a mapping from branch names to
+    such factories); default `basic_branch`. Every other option is `network`'s, for every stage.
+    """
+    if isinstance(stages, (str, bytes)) or not isinstance(stages, Sequence) or not stages:
+        raise UnrollError(f"stages must be a non-empty sequence of (width, depth), not {stages!r}")
+    for i, stage in enumerate(stages):
+        ok = isinstance(stage, (tuple, list)) and len(stage) == 2
+        if not ok or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in stage):
+            raise UnrollError(
+                f"stages[{i}] must be (width, depth), two positive ints, not {stage!r}"
+            )
+    for key in ("channels", "dim", "in_channels", "num_classes", "in_dim", "out_dim"):
+        if key in options:
+            raise UnrollError(f"staged sets {key}= itself (from stages, in_channels, num_classes)")
+    ir = build(scheme, layer=True)
+    branches = [n for n, k in ir.operators().items() if k == "branch"]
+
+    def factory(width: int) -> Any:
+        if not branches:
+            return None
+        if f is None:
+            return dict.fromkeys(branches, lambda: basic_branch(width))
+        if isinstance(f, Mapping):
+            return {name: (lambda fac=fac: fac(width)) for name, fac in f.items()}
+        if callable(f) and not isinstance(f, nn.Module):
+            return dict.fromkeys(branches, lambda: f(width))
+        raise UnrollError(
+            "f= for staged must be a factory of the width (or a mapping of such factories): "
+            "a module has one width"
+        )
+
+    networks = [
+        network(scheme, depth, channels=width, f=factory(width), **options)
+        for width, depth in stages
+    ]
+    widths = [w for w, _ in stages]
+    transitions = [transition(a, b) for a, b in itertools.pairwise(widths)]
+    return Staged(
+        conv_stem(in_channels, widths[0]), networks, transitions, conv_head(widths[-1], num_classes)
+    )
