@@ -23,6 +23,7 @@ from tests import ROOT
 from unroll import UnrollError
 from unroll.analysis.objectives import Objective, check_activation, objective, t
 from unroll.ir import activations
+from unroll.lowering.eager.activations import torch_function
 
 y = sp.Symbol("y", real=True)
 SOFT_THRESHOLD = sp.Lambda(y, sp.Piecewise((y + 1, y < -1), (0, y <= 1), (y - 1, True)))
@@ -86,7 +87,7 @@ def test_phi_is_the_prox_of_g(spec):
          torch.tensor([-1.0, 0.0, 1.0, 1e-3], dtype=torch.float64)]
     )  # fmt: skip
     got = numerical_prox(obj, vs)
-    want = obj.activation.torch(vs)
+    want = torch_function(obj.activation)(vs)
     torch.testing.assert_close(got, want, rtol=0, atol=PROX_TOL)
 
 
@@ -113,10 +114,10 @@ def _weights(n: int, seed: int, eig: torch.Tensor | None = None):
 
 
 def _layers(obj: Objective, W, b, x0, depth: int) -> torch.Tensor:
-    x = obj.activation.torch(x0)
+    x = torch_function(obj.activation)(x0)
     values = [obj.evaluate(x, W, b)]
     for _ in range(depth):
-        x = obj.activation.torch(x @ W.T + b)
+        x = torch_function(obj.activation)(x @ W.T + b)
         values.append(obj.evaluate(x, W, b))
     return torch.stack(values)  # (depth + 1, batch)
 

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from unroll import UnrollError
 from unroll.ir import activations
 from unroll.ir.activations import v
+from unroll.lowering.eager.activations import dilog, lambdify_torch, torch_function
 
 # float64 against a 30-digit reference: a few ulps of values of size ≤ 10.
 F64 = dict(rtol=1e-12, atol=1e-13)
@@ -51,8 +52,8 @@ def test_torch_function_matches_sympy(spec):
     act = activations.get(spec)
     xs = _points(1)
     want = _reference(act.expr, xs)
-    torch.testing.assert_close(act.torch(xs), want, **F64)
-    torch.testing.assert_close(activations.lambdify_torch(act.expr, v)(xs), want, **F64)
+    torch.testing.assert_close(torch_function(act)(xs), want, **F64)
+    torch.testing.assert_close(lambdify_torch(act.expr, v)(xs), want, **F64)
 
 
 def test_families_by_name_and_keyword_agree():
@@ -104,16 +105,18 @@ def test_from_lambda():
     act = activations.from_lambda(sp.Lambda(y, 2 * sp.tanh(y)))
     assert act.expr == 2 * sp.tanh(v)
     xs = _points(2)
-    torch.testing.assert_close(act.torch(xs), 2 * torch.tanh(xs), **F64)
+    torch.testing.assert_close(torch_function(act)(xs), 2 * torch.tanh(xs), **F64)
     soft = activations.from_lambda(
         sp.Lambda(y, sp.Piecewise((y + 1, y < -1), (0, y <= 1), (y - 1, True))), "soft"
     )
     torch.testing.assert_close(
-        soft.torch(xs), torch.sign(xs) * torch.clamp(xs.abs() - 1, min=0), **F64
+        torch_function(soft)(xs), torch.sign(xs) * torch.clamp(xs.abs() - 1, min=0), **F64
     )
-    assert soft.torch(xs).dtype == torch.float64  # integer branch values do not leak through
+    assert (
+        torch_function(soft)(xs).dtype == torch.float64
+    )  # integer branch values do not leak through
     relu = activations.from_lambda(sp.Lambda(y, sp.Max(0, y)))
-    torch.testing.assert_close(relu.torch(xs), torch.relu(xs), **F64)
+    torch.testing.assert_close(torch_function(relu)(xs), torch.relu(xs), **F64)
     with pytest.raises(UnrollError, match="free symbols besides y: a"):
         activations.from_lambda(sp.Lambda(y, sp.Symbol("a") * y))
     with pytest.raises(UnrollError, match="one variable"):
@@ -124,7 +127,7 @@ def test_from_lambda():
 
 
 def test_constant_expression_keeps_shape_and_dtype():
-    f = activations.lambdify_torch(sp.log(2) + 0 * v, v)
+    f = lambdify_torch(sp.log(2) + 0 * v, v)
     xs = torch.zeros(3, 2, dtype=torch.float32)
     out = f(xs)
     assert out.shape == (3, 2) and out.dtype == torch.float32
@@ -137,5 +140,5 @@ def test_dilog_against_mpmath():
         dtype=torch.float64,
     )
     want = torch.tensor([float(mpmath.polylog(2, float(z))) for z in zs], dtype=torch.float64)
-    torch.testing.assert_close(activations.dilog(zs), want, rtol=1e-13, atol=1e-14)
-    assert torch.isnan(activations.dilog(torch.tensor([1.5], dtype=torch.float64))).all()
+    torch.testing.assert_close(dilog(zs), want, rtol=1e-13, atol=1e-14)
+    assert torch.isnan(dilog(torch.tensor([1.5], dtype=torch.float64))).all()

@@ -37,7 +37,8 @@ import sympy as sp
 
 from unroll.errors import UnrollError
 from unroll.ir import activations
-from unroll.ir.activations import Activation, lambdify_torch
+from unroll.ir.activations import Activation
+from unroll.lowering.eager.activations import lambdify_torch
 
 v = activations.v
 t = sp.Symbol("t", real=True)

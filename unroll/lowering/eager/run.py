@@ -16,6 +16,7 @@ from unroll.errors import UnrollError
 from unroll.frontend.scheme import STEP_NAMES, Scheme, canonical_params
 from unroll.ir import activations
 from unroll.ir.step import StepIR, build
+from unroll.lowering.eager.activations import torch_function
 from unroll.lowering.eager.program import EagerStep, advance, eager_step
 from unroll.lowering.eager.states import check_finite as check_finite_states
 from unroll.lowering.eager.states import initial_states, stack_path
@@ -90,7 +91,7 @@ def operators(
         if act is None:
             raise UnrollError("the scheme uses φ: pass activation= (a name or a callable)")
         if isinstance(act, str):
-            act = activations.get(act).torch
+            act = torch_function(activations.get(act))
         if not callable(act):
             raise UnrollError(f"activation must be a name or a callable, not {act!r}")
         ops["φ"] = act

@@ -40,6 +40,7 @@ from unroll.frontend.scheme import STEP_NAMES, Scheme, canonical_params
 from unroll.ir import activations
 from unroll.ir.names import GREEK_NAMES
 from unroll.ir.step import StepIR, build
+from unroll.lowering.eager.activations import torch_function
 from unroll.lowering.eager.program import EagerStep, advance, eager_step
 from unroll.lowering.eager.states import check_finite, initial_states, primary_state, stack_path
 from unroll.lowering.triton import op as triton_op
@@ -522,7 +523,7 @@ class Block(nn.Module):
 
     def _phi(self) -> Callable:
         act = self.activation
-        return activations.get(act).torch if isinstance(act, str) else act
+        return torch_function(activations.get(act)) if isinstance(act, str) else act
 
     def _kernel(self, boot: bool) -> _KernelCall:
         if boot not in self._kernels:

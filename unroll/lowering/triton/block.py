@@ -159,8 +159,9 @@ def _activation_ops(block: Block) -> dict[str, Callable]:
     if block.activation is None:
         return {}
     from unroll.ir import activations
+    from unroll.lowering.eager.activations import torch_function
 
-    return {"φ": activations.get(block.activation).torch}
+    return {"φ": torch_function(activations.get(block.activation))}
 
 
 def _ident(text: str) -> str:
