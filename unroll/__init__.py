@@ -37,7 +37,15 @@ _LAZY = {
 __all__ = ["UnrollError", "__version__", *_LAZY]
 
 
+# Subpackages users reach as attributes (``unroll.nn.staged``), imported on first use.
+_SUBMODULES = ("nn", "analysis", "driver")
+
+
 def __getattr__(name: str):
+    if name in _SUBMODULES:
+        module = importlib.import_module(f"unroll.{name}")
+        globals()[name] = module
+        return module
     if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value
