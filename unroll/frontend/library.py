@@ -15,6 +15,7 @@ import sympy as sp
 import yaml
 
 from unroll.errors import UnrollError
+from unroll.frontend import activation_names
 from unroll.frontend.parse import GREEK, parse
 from unroll.frontend.scheme import FrozenMap, Parameter, Scheme
 
@@ -144,10 +145,8 @@ def from_mapping(data: Any, source: str = "<mapping>") -> Scheme:
     for i, ref in enumerate(references):
         _check(f"{source}: references[{i}]", ref, str)
     if "activation" in data:
-        from unroll.ir import activations
-
         try:
-            activations.get(data["activation"])
+            activation_names.check(data["activation"])
         except UnrollError as e:
             raise UnrollError(f"{source}: activation: {e}") from None
     try:
