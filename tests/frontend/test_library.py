@@ -8,6 +8,7 @@ import torch
 
 import unroll
 from tests import ROOT
+from unroll.frontend.library import SCHEME_DIR
 
 REQUIRED = [
     "gradient_descent", "heavy_ball", "nesterov", "nesterov_schedule", "proximal_gradient",
@@ -33,7 +34,9 @@ def small_problem(scheme):
         kwargs["grad"] = lambda x: A @ x
     elif scheme.kind == "ode":
         branches = {
-            fn.func.__name__ for eq in scheme.equations for fn in unroll.ir.vocabulary.applications(eq.rhs)
+            fn.func.__name__
+            for eq in scheme.equations
+            for fn in unroll.ir.vocabulary.applications(eq.rhs)
         }
         kwargs["f"] = {name: (lambda t, x: -0.1 * torch.tanh(x)) for name in branches}
     else:
@@ -148,5 +151,6 @@ def test_schemes_ship_with_a_plain_install(tmp_path):
     import zipfile
 
     names = zipfile.ZipFile(wheel).namelist()
-    assert "unroll/schemes/heavy_ball.yaml" in names
-    assert len([n for n in names if n.startswith("unroll/schemes/")]) == len(unroll.schemes)
+    data = SCHEME_DIR.relative_to(ROOT / "unroll").as_posix()  # frontend/schemes
+    assert f"unroll/{data}/heavy_ball.yaml" in names
+    assert len([n for n in names if n.startswith(f"unroll/{data}/")]) == len(unroll.schemes)
