@@ -73,6 +73,80 @@ def test_operators():
     assert sp.expand(eq.rhs - want) == 0
 
 
+def test_elementary_functions_by_name_and_in_latex():
+    (eq,) = parse(r"x_<k+1> = sin(x_k) + cos(x_k) tanh(2x_k) + \sin{x_k} + exp(-h) ∇F")
+    want = 2 * sp.sin(x[k]) + sp.cos(x[k]) * sp.tanh(2 * x[k]) + sp.exp(-h) * grad(x[k])
+    assert sp.expand(eq.rhs - want) == 0
+
+
+def test_sin_cos_tanh_run_as_torch_computes_them():
+    import torch
+
+    s = unroll.compile("x_<k+1> = x_k - h (sin(x_k) + cos(x_k) tanh(x_k)) ∇F")
+    x0 = torch.linspace(-2, 2, 7, dtype=torch.float64)
+    want = x0.clone()
+    for _ in range(3):
+        want = want - 0.1 * (torch.sin(want) + torch.cos(want) * torch.tanh(want)) * 2 * want
+    got = s.run(x0, 3, grad=lambda x: 2 * x, h=0.1)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-14)  # same float64 operations
+
+
+@pytest.mark.parametrize(
+    "text, message, column",
+    [
+        (
+            "x_<k+1> = relu(W x_k + b)",
+            "relu is not a function of the scheme language: did you mean φ(...) with "
+            "activation='relu'?",
+            11,
+        ),
+        ("x_<k+1> = sigmoid (W x_k)", "did you mean φ(...) with activation='sigmoid'?", 11),
+        ("x_<k+1> = ReLU(W x_k)", "did you mean φ(...) with activation='relu'?", 11),
+        ("x_<k+1> = leaky_relu(W x_k)", "with activation='leaky_relu'?", 11),
+        ("x_<k+1> = x_k + h sinh(x_k) f(x_k)", "sinh is not a function", 19),
+        ("x_<k+1> = x_k + h sinh(x_k) f(x_k)", "did you mean sin(...)?", 19),
+        ("x_<k+1> = x_k + h cosine(x_k) f(x_k)", "did you mean cos(...)?", 19),
+        ("x_<k+1> = x_k + h Tahn(x_k) f(x_k)", "did you mean tanh(...)?", 19),
+        ("x_<k+1> = x_k + h ln(x_k) f(x_k)", "did you mean log(...)?", 19),
+        ("x_<k+1> = x_k - lr(x_k - x_<k-1>) ∇F", "write lr*(...) or lr (...)", 17),
+    ],
+)
+def test_a_name_before_a_parenthesis_that_is_no_function_is_refused(text, message, column):
+    test_malformed_input_names_what_and_where(text, message, column)
+
+
+@pytest.mark.parametrize(
+    "text, product",
+    [
+        ("x_<k+1> = x_k + β(x_k - x_<k-1>) - α∇F", "β"),  # one letter
+        ("x_<k+1> = x_k + beta(x_k - x_<k-1>) - α∇F", "β"),  # a Greek letter's name
+        ("x_<k+1> = x_k + c_1(x_k - x_<k-1>) - α∇F", "c_1"),  # one letter and a subscript
+        ("x_<k+1> = x_k + a2(x_k - x_<k-1>) - α∇F", "a2"),
+        ("x_<k+1> = x_k + dt(x_k - x_<k-1>) - α∇F", "dt"),  # a step name
+        ("x_<k+1> = x_k + Δt(x_k - x_<k-1>) - α∇F", "Δt"),
+        ("x_<k+1> = x_k + lr (x_k - x_<k-1>) - α∇F", "lr"),  # a space: juxtaposition
+        ("x_<k+1> = x_k + lr*(x_k - x_<k-1>) - α∇F", "lr"),
+        ("mid = f(x_k); x_<k+1> = x_k + mid(x_k - x_<k-1>)", "mid"),  # a stage
+    ],
+)
+def test_a_coefficient_before_a_parenthesis_multiplies(text, product):
+    rhs_ = parse(text)[-1].rhs
+    p = sp.Symbol(product)
+    assert sp.expand(rhs_).coeff(p) == sp.expand(x[k] - x[k - 1])
+
+
+def test_a_declared_parameter_before_a_parenthesis_multiplies(tmp_path):
+    text = "name: s\nequations: x_<k+1> = x_k + mom(x_k - x_<k-1>) - α∇F\n"
+    path = tmp_path / "s.yaml"
+    path.write_text(text + "parameters: {mom: 0.9}\n")
+    s = unroll.load(path)
+    assert s.parameters["mom"].default == 0.9
+    assert s.equations == tuple(parse(text.split(": ", 2)[2], parameters=["mom"]))
+    path.write_text(text)
+    with pytest.raises(unroll.UnrollError, match="mom is not a function"):
+        unroll.load(path)
+
+
 def test_powers_numbers_and_precedence():
     (eq,) = parse("x_<k+1> = -2^2 x_k + 1.5e1 x_k ** 2 / 3 + 0.25")
     assert sp.expand(eq.rhs - (-4 * x[k] + 5 * x[k] ** 2 + sp.Rational(1, 4))) == 0

@@ -143,7 +143,7 @@ def expressions(draw, states, stages, depth=3):
     if depth == 0:
         return draw(leaf)
     sub = expressions(states, stages, depth - 1)
-    form = draw(st.integers(0, 16))
+    form = draw(st.integers(0, 19))
     a, b = draw(sub), draw(sub)
     return [
         draw(leaf),
@@ -163,6 +163,9 @@ def expressions(draw, states, stages, depth=3):
         f"({a})/(1 + ({b})^2)",
         f"-({a})/(1 + ({b})^2)",
         f"({a})/(1 + ({b})^2)*{draw(st.integers(2, 5))}",
+        f"sin({a})",
+        f"cos({a}) - tanh({b})",
+        f"tanh({a})",
     ][form]
 
 

@@ -85,7 +85,7 @@ def from_mapping(data: Any, source: str = "<mapping>") -> Scheme:
         if key not in data:
             raise UnrollError(f"{source}: missing key {key!r}")
     try:
-        equations = parse(data["equations"])
+        equations = parse(data["equations"], (str(n) for n in data.get("parameters") or {}))
     except UnrollError as e:
         raise UnrollError(f"{source}: equations: {e}") from None
 

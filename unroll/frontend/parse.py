@@ -16,18 +16,35 @@ Grammar (juxtaposition is multiplication, at the precedence of ``*`` and ``/``):
     atom      := NUMBER | '(' sum ')' | '∇F' ['(' sum ')'] | 'grad F' [...]
                | NAME subscript? ['(' args ')']
     subscript := '_' ('<' index '>' | '{' index '}' | NAME | DIGITS)
+
+Names and calls. A name followed by '(' is a call when it names a function of the language:
+an elementary function (sin, cos, tanh, exp, log, sqrt, abs), the activation (φ, σ, phi,
+sigma), a right-hand side or branch (f, g, f_1, ...), a linear operator (W, W_1, ...) or
+∇F / grad F. Otherwise juxtaposition multiplies, as in ``β(x_k − x_<k-1>)``, ``h(a + b)`` or
+``c_1(x_k)``, and that is refused where a reader would see a call that does nothing:
+
+- an activation by name (``relu(...)``, ``sigmoid (...)``), with or without a space: the
+  language writes it φ(...) and names the activation apart (``activation='relu'``);
+- any other name written directly before '(' (no space), unless it reads as a coefficient: a
+  name of one letter (with digits or a subscript: ``h``, ``β``, ``c_1``, ``a2``), a Greek
+  letter's name (``beta``), a step name (`STEP_NAMES`), a stage of the scheme, or a parameter
+  the scheme file declares. So ``lr(x_k)`` and ``sinh(x_k)`` are errors with a suggestion,
+  while ``lr (x_k)`` and ``lr*(x_k)`` are the product.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from fractions import Fraction
 
 import sympy as sp
 
 from unroll.errors import UnrollError, at
+from unroll.frontend import activation_names
 from unroll.ir import vocabulary as ir
 
 GREEK = {
@@ -36,6 +53,7 @@ GREEK = {
     "xi": "ξ", "rho": "ρ", "tau": "τ", "omega": "ω", "Delta": "Δ",
 }  # fmt: skip
 ACTIVATION_NAMES = {"φ", "ϕ", "σ", "phi", "varphi", "sigma"}
+STEP_NAMES = ("h", "Δt", "dt")  # the parameter names an ODE scheme's step goes by
 NON_FINITE = {"inf", "nan", "oo", "infinity", "Infinity", "NaN", "∞"}
 
 # Whitespace is any Unicode space but the newline (which ends an equation), and LaTeX's spacing
@@ -303,6 +321,26 @@ def _check_target_name(text: str, target: Target, letter: str) -> None:
     raise at(text, target.col, why)
 
 
+_OTHER_SPELLINGS = {"ln": "log(...)", "Phi": "φ(...)", "Sigma": "σ(...)"}
+
+
+def _suggestion(name: str) -> str | None:
+    """What ``name(...)`` most likely meant: a function of the language, or φ(...) with an
+    activation, when ``name`` is a near miss of one (``sine``, ``Tanh``, ``Relu``); else None."""
+    if name in _OTHER_SPELLINGS:
+        return _OTHER_SPELLINGS[name]
+    candidates = {fn: f"{fn}(...)" for fn in ir.ELEMENTARY}
+    for act in (*activation_names.FIXED, *activation_names.FAMILIES, *activation_names.ALIASES):
+        candidates.setdefault(act, f"φ(...) with activation={act!r}")
+    word = name.lower()
+    # A known name that starts the word (cosine, sinh, relu6) beats a merely similar one.
+    prefixes = [c for c in candidates if word.startswith(c) or c.startswith(word)]
+    close = sorted(prefixes, key=len)[-1:] or difflib.get_close_matches(
+        word, candidates, n=1, cutoff=0.6
+    )
+    return candidates[close[0]] if close else None
+
+
 class _Parser:
     def __init__(self, text: str, toks: list[Token], ctx: _Context):
         self.text, self.toks, self.i, self.ctx = text, toks, 0, ctx
@@ -559,7 +597,32 @@ class _Parser:
             return ir.index_symbol(name)
         if name == "t":
             return ir.T
+        if self.is_op("("):
+            self.refuse_call(name, tok)
         return self.ctx.plain(name, tok, self)
+
+    def refuse_call(self, name: str, tok: Token) -> None:
+        """``name (...)`` with ``name`` no function: an error where a reader would see a call
+        (an activation's name; any name directly before '(' that is not coefficient-like),
+        else nothing, and the parser reads a product. See the module docstring."""
+        if name in self.ctx.declared:
+            return
+        if activation_names.is_name(name.lower()):
+            raise self.error(
+                f"{name} is not a function of the scheme language: did you mean φ(...) with "
+                f"activation={name.lower()!r}?",
+                tok,
+            )
+        if self.tok.space_before or self.ctx.coefficient_like(name):
+            return
+        hint = _suggestion(name)
+        raise self.error(
+            f"{name} is not a function of the scheme language"
+            + (f": did you mean {hint}?" if hint else "")
+            + f" (known: {', '.join(ir.ELEMENTARY)}, φ); for a product write {name}*(...) "
+            f"or {name} (...)",
+            tok,
+        )
 
     def single_arg(self, name: str, tok: Token) -> list[sp.Expr]:
         args = self.call_args(name)
@@ -571,8 +634,10 @@ class _Parser:
 class _Context:
     """What the parser knows about the whole scheme while reading one right-hand side."""
 
-    def __init__(self, text: str, targets: list[Target], letter: str):
-        self.text, self.letter = text, letter
+    def __init__(
+        self, text: str, targets: list[Target], letter: str, declared: frozenset[str] = frozenset()
+    ):
+        self.text, self.letter, self.declared = text, letter, declared
         self.k = ir.index_symbol(letter)
         self.states = {t.name for t in targets if t.offset == 1}
         self.stages = {t.name for t in targets if t.offset != 1}
@@ -615,6 +680,17 @@ class _Context:
             )
         return sp.IndexedBase(name)[self.k + off]
 
+    def coefficient_like(self, name: str) -> bool:
+        """True for a name that reads as a coefficient before '(': one letter (digits and a
+        subscript aside), a step name, a stage of the scheme or a declared parameter."""
+        head = name.partition("_")[0]
+        return (
+            sum(c.isalpha() for c in head) <= 1
+            or name in STEP_NAMES
+            or name in self.stages
+            or name in self.declared
+        )
+
     def plain(self, name: str, tok: Token, p: _Parser) -> sp.Expr:
         if name in self.states:
             raise p.error(
@@ -623,14 +699,16 @@ class _Context:
         return sp.Symbol(name)
 
 
-def parse(text: str) -> list[sp.Eq]:
+def parse(text: str, parameters: Iterable[str] = ()) -> list[sp.Eq]:
     """Parse scheme text into SymPy equations, in order.
 
     States become ``IndexedBase(name)[k + j]``, normalised so that new values sit at ``k + 1``;
-    stages and parameters become ``Symbol``s (see `unroll.ir.vocabulary`).
+    stages and parameters become ``Symbol``s (see `unroll.ir.vocabulary`). ``parameters``: the
+    names a scheme file declares (``alpha`` or ``α``); written before '(' they multiply.
     """
     if not isinstance(text, str):
         raise UnrollError(f"scheme text must be a str, not {type(text).__name__}")
+    declared = frozenset(GREEK.get(name, name) for name in parameters)
     tokens = tokenize(text)
     statements = _split(text, tokens)
     targets = [_target(text, s.lhs) for s in statements]
@@ -667,7 +745,7 @@ def parse(text: str) -> list[sp.Eq]:
         if key in seen:
             raise at(text, t.col, f"{t.name} is computed twice")
         seen[key] = t
-    ctx = _Context(text, targets, letter)
+    ctx = _Context(text, targets, letter, declared)
     clash = ctx.states & ctx.stages
     if clash:
         name = sorted(clash)[0]

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import sympy as sp
 
 from unroll.errors import UnrollError
-from unroll.frontend.parse import GREEK
+from unroll.frontend.parse import GREEK, STEP_NAMES  # noqa: F401  (the step names, defined where the parser reads them)
 from unroll.frontend.printing import equation_latex, equation_text
 from unroll.ir import vocabulary as ir
 
@@ -80,9 +80,6 @@ class State:
     depth: int
     init: float | None = None
     scalar: bool = False
-
-
-STEP_NAMES = ("h", "Δt", "dt")  # the parameter names an ODE scheme's step goes by
 
 
 Kind = Literal["optimizer", "ode", "layer"]
