@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -63,6 +64,13 @@ def test_every_bundled_scheme_parses_prints_back_and_runs(name):
     # The run really moved the state.
     first = out if not isinstance(out, dict) else next(iter(out.values()))
     assert not torch.equal(first, x0 if not isinstance(x0, dict) else next(iter(x0.values())))
+
+
+def test_no_bundled_scheme_warns():
+    for path in sorted(SCHEME_DIR.glob("*.yaml")):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # an UnrollWarning (a likely typo) would raise
+            unroll.load(path)
 
 
 def write(tmp_path, text):

@@ -1,9 +1,12 @@
 """The scheme-text front end: what parses to what, and what is refused with which message."""
 
+import warnings
+
 import pytest
 import sympy as sp
 
 import unroll
+from unroll.errors import UnrollWarning
 from unroll.frontend.parse import parse
 from unroll.ir import vocabulary as ir
 
@@ -147,6 +150,51 @@ def test_a_declared_parameter_before_a_parenthesis_multiplies(tmp_path):
         unroll.load(path)
 
 
+@pytest.mark.parametrize(
+    "text, name, intent, column",
+    [
+        ("x_<k+1> = x_k + bta (x_k - x_<k-1>) - α∇F", "bta", "β", 17),
+        ("x_<k+1> = x_k - alpah ∇F", "alpah", "α", 17),
+        ("x_<k+1> = x_k - lamda ∇F", "lamda", "λ", 17),
+        ("x_<k+1> = x_k - Beta ∇F", "Beta", "β", 17),
+        ("x_<k+1> = x_k + mom (x_k - x_<k-1>) - mon ∇F", "mon", "mom", 39),
+    ],
+)
+def test_a_parameter_one_letter_from_a_greek_name_or_another_parameter_warns(
+    text, name, intent, column
+):
+    with pytest.warns(UnrollWarning) as record:
+        parse(text)
+    (warning,) = record
+    message = str(warning.message)
+    assert message.startswith(f"{name} is a new parameter, one letter from ")
+    assert f"did you mean {intent}?" in message and f"column {column})" in message
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "x_<k+1> = x_k + c_1 (x_k - x_<k-1>) - c_2 ∇F",  # they differ in a digit
+        "x_<k+1> = x_k + beta1 (x_k - x_<k-1>) - beta2 ∇F",  # Adam's names
+        "x_<k+1> = x_k + lr (x_k - x_<k-1>) - lr2 ∇F",
+        "x_<k+1> = x_k + eta (x_k - x_<k-1>) - zeta ∇F",  # Greek names are Greek letters
+        "x_<k+1> = x_k + ab (x_k - x_<k-1>) - ac ∇F",  # two letters: too short to judge
+    ],
+)
+def test_names_that_differ_on_purpose_do_not_warn(text):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        parse(text)
+
+
+def test_a_declared_parameter_does_not_warn(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("name: s\nequations: x_<k+1> = x_k - bta ∇F\nparameters: {bta: 0.1}\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert list(unroll.load(path).parameters) == ["bta"]
+
+
 def test_powers_numbers_and_precedence():
     (eq,) = parse("x_<k+1> = -2^2 x_k + 1.5e1 x_k ** 2 / 3 + 0.25")
     assert sp.expand(eq.rhs - (-4 * x[k] + 5 * x[k] ** 2 + sp.Rational(1, 4))) == 0
@@ -199,6 +247,13 @@ def test_powers_numbers_and_precedence():
         ("f = 1; x_<k+1> = x_k + f(x_k)", "f names an operator", 1),
         ("φ = 1; x_<k+1> = φ(x_k)", "φ names an operator", 1),
         ("x_<t+1> = x_t + f(x_t)", "t is the time", 1),
+        # A state or stage with another index letter would have been a new parameter x_n.
+        ("x_<k+1> = x_n - α∇F", "x_n: x is a state of this scheme, indexed by k", 11),
+        ("x_<k+1> = x_k - x_prev ∇F", "'prev' is not the index letter", 17),
+        ("u_<n+1> = u_k + h f(u_n)", "u_k: u is a state of this scheme, indexed by n", 11),
+        ("a = f(x_k); x_<k+1> = x_k + h a_n", "a_n: a is a stage of this scheme", 31),
+        # A misspelt Greek name before '(' is no function either.
+        ("x_<k+1> = x_k + bta(x_k - x_<k-1>) - α∇F", "did you mean β(...), the product", 17),
         # Messages show offsets as written, also when the newest value is not at k+1.
         ("x_<k+2> = x_<k+3>", "x_<k+3> is ahead of the newest value x_<k+2>", 11),
     ],

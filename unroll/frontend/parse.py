@@ -37,13 +37,14 @@ from __future__ import annotations
 import difflib
 import math
 import re
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from fractions import Fraction
 
 import sympy as sp
 
-from unroll.errors import UnrollError, at
+from unroll.errors import UnrollError, UnrollWarning, at
 from unroll.frontend import activation_names
 from unroll.ir import vocabulary as ir
 
@@ -329,6 +330,10 @@ def _suggestion(name: str) -> str | None:
     activation, when ``name`` is a near miss of one (``sine``, ``Tanh``, ``Relu``); else None."""
     if name in _OTHER_SPELLINGS:
         return _OTHER_SPELLINGS[name]
+    greek = _likely_intent(name, ())
+    if greek is not None:  # bta(x): the product β(x), misspelt
+        letter = greek.split()[-1].strip("()")
+        return f"{letter}(...), the product with {letter}"
     candidates = {fn: f"{fn}(...)" for fn in ir.ELEMENTARY}
     for act in (*activation_names.FIXED, *activation_names.FAMILIES, *activation_names.ALIASES):
         candidates.setdefault(act, f"φ(...) with activation={act!r}")
@@ -553,6 +558,8 @@ class _Parser:
             self.i = j
             label = _label(content)
             if label is not None and label != self.ctx.letter:
+                if not label.isdigit():
+                    self.ctx.refuse_foreign_index(name, label, tok, self)
                 name = f"{name}_{label}"  # part of a name: c_1, c_{1}, c_j
             else:
                 letter, off = _index(self.text, content, sub_col)
@@ -642,6 +649,7 @@ class _Context:
         self.states = {t.name for t in targets if t.offset == 1}
         self.stages = {t.name for t in targets if t.offset != 1}
         self.lhs: Target | None = None
+        self.first_use: dict[str, Token] = {}  # parameter -> where the text first writes it
         self.shift = 0  # added to written offsets so that the newest value sits at k+1
 
     def current_point(self, tok: Token) -> sp.Expr:
@@ -691,12 +699,48 @@ class _Context:
             or name in self.declared
         )
 
+    def refuse_foreign_index(self, name: str, label: str, tok: Token, p: _Parser) -> None:
+        """``x_n`` (or ``x_prev``) with x a state or a stage of a scheme indexed by k would be a
+        new parameter ``x_n``: an error saying why."""
+        k = self.letter
+        if name in self.states:
+            raise p.error(
+                f"{name}_{label}: {name} is a state of this scheme, indexed by {k} ({name}_{k}, "
+                f"{name}_<{k}-1>), and {label!r} is not the index letter",
+                tok,
+            )
+        if name in self.stages:
+            raise p.error(
+                f"{name}_{label}: {name} is a stage of this scheme, written {name} (or "
+                f"{name}_{k}), and {label!r} is not the index letter",
+                tok,
+            )
+
     def plain(self, name: str, tok: Token, p: _Parser) -> sp.Expr:
         if name in self.states:
             raise p.error(
                 f"{name} is a state: write it with its index, e.g. {name}_{self.letter}", tok
             )
+        if name not in self.stages and name != self.letter:
+            self.first_use.setdefault(name, tok)
         return sp.Symbol(name)
+
+    def warn_typos(self) -> None:
+        """An `UnrollWarning` for each new parameter one letter edit away from a Greek letter's
+        name (``bta``: β) or from a parameter written before it (``mon`` after ``mom``).
+        Declared parameters, and names that differ in a digit or a subscript (c_1 and c_2,
+        beta1), are left alone."""
+        seen: list[str] = []
+        for name, tok in self.first_use.items():
+            intent = None if name in self.declared else _likely_intent(name, seen)
+            seen.append(name)
+            if intent is not None:
+                message = (
+                    f"{name} is a new parameter, one letter from {intent}: did you mean "
+                    f"{intent.split()[-1].strip('()')}? (declare {name} in the scheme file's "
+                    "parameters if it is meant)"
+                )
+                warnings.warn(str(at(self.text, tok.col, message)), UnrollWarning, stacklevel=3)
 
 
 def parse(text: str, parameters: Iterable[str] = ()) -> list[sp.Eq]:
@@ -762,4 +806,41 @@ def parse(text: str, parameters: Iterable[str] = ()) -> list[sp.Eq]:
         else:
             lhs = sp.Symbol(target.name)
         equations.append(sp.Eq(lhs, rhs, evaluate=False))
+    ctx.warn_typos()
     return equations
+
+
+def _letters(name: str) -> int:
+    return sum(c.isalpha() for c in name)
+
+
+def _likely_intent(name: str, others: Iterable[str]) -> str | None:
+    """What a parameter ``name`` of three letters or more is one letter edit away from: a
+    Greek letter's name (``"beta (β)"``) or one of ``others`` (``"the parameter mom"``)."""
+    if _letters(name) < 3:
+        return None
+    word = name.lower()
+    greek = [g for g in GREEK if g == word] or [g for g in GREEK if _one_letter_edit(word, g)]
+    if greek:
+        return f"{greek[0]} ({GREEK[greek[0]]})"
+    near = [o for o in others if _letters(o) >= 2 and _one_letter_edit(name, o)]
+    return f"the parameter {near[0]}" if near else None
+
+
+def _one_letter_edit(a: str, b: str) -> bool:
+    """True if one edit of a letter (insert, delete, replace, swap two neighbours) turns ``a``
+    into ``b``; an edit of a digit or '_' does not count (c_1 and c_2 are different names)."""
+    if a == b or abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) == len(b):
+        diff = [i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y]
+        if len(diff) == 1:
+            i = diff[0]
+            return a[i].isalpha() and b[i].isalpha()
+        if len(diff) == 2 and diff[1] == diff[0] + 1:
+            i = diff[0]
+            return a[i] == b[i + 1] and a[i + 1] == b[i] and a[i].isalpha() and b[i].isalpha()
+        return False
+    long, short = (a, b) if len(a) > len(b) else (b, a)
+    i = next((j for j, (x, y) in enumerate(zip(long, short, strict=False)) if x != y), len(short))
+    return long[:i] + long[i + 1 :] == short and long[i].isalpha()
