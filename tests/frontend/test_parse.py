@@ -241,6 +241,15 @@ def test_powers_numbers_and_precedence():
         ("x_<k+1> = x_k + 0.1e-400000 ∇F", "too small for float64", 17),
         ("x_<k+1> = x_k + 1." + "0" * 2000 + "1 ∇F", "too large (or too long)", 17),
         ("x_<k+1> = x_k + x_<k-2000>", "more than 1000 steps away", 20),
+        # Coefficients that float64 cannot hold, refused where the product is written.
+        ("x_<k+1> = x_k - 1e308 4 α∇F", "the number 4.00e+308 overflows float64", 23),
+        ("x_<k+1> = x_k - 1e308*4 α∇F", "the number 4.00e+308 overflows float64", 23),
+        ("x_<k+1> = x_k - 1e308/0.01 α∇F", "the number 1.00e+310 overflows float64", 23),
+        ("x_<k+1> = x_k - 1e-300 1e-300 α∇F", "the number 1.00e-600 is too small", 24),
+        ("x_<k+1> = x_k - 10^400 α∇F", "the number 1.00e+400 overflows float64", 19),
+        ("x_<k+1> = x_k - exp(1000) α∇F", "exp(1000) = 1.97e+434 overflows float64", 17),
+        ("x_<k+1> = x_k - 1." + "0" * 400 + "1 ∇F", "more than 308 digits", 17),
+        ("x_<k+1> = x_k - 1e308 ∇F - 1e308 ∇F", "the number -2.00e+308 overflows", 11),
         # Names a stage cannot take.
         ("k = 1; x_<k+1> = x_k + f(x_k)", "k is the index letter", 1),
         ("t = 1; x_<k+1> = x_k + f(x_k)", "t is the time", 1),

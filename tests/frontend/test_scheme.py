@@ -111,6 +111,10 @@ def test_sympy_equations_as_input():
         (lambda k, x: sp.Eq(x[k + 1], x[k] + sp.I * ir.GRAD(x[k])), "I is not a real number"),
         (lambda k, x: sp.Eq(x[k + 1], x[k] + sp.sqrt(-2) * ir.GRAD(x[k])), "not a real number"),
         (lambda k, x: sp.Eq(sp.IndexedBase("x")[sp.Symbol("k") + 1], x[k]), "integer symbol"),
+        (
+            lambda k, x: sp.Eq(x[k + 1], x[k] + sp.Integer(10) ** 400 * ir.GRAD(x[k])),
+            r"the number 1\.00e\+400 overflows float64 \(its largest is 1\.8e\+308\), in x_<k\+1> =",
+        ),
     ],
 )
 def test_invalid_sympy_input_names_the_symbol(eq, message):
@@ -147,6 +151,12 @@ def test_an_operator_on_parameters_alone_is_refused(text, message):
 )
 def test_an_operator_on_a_state_or_stage_is_accepted(text):
     assert unroll.compile(text).equations
+
+
+@pytest.mark.parametrize("number", ["1e308", "1.7976931348623157e308", "1e-308", "2.5e-300"])
+def test_coefficients_at_float64s_ends_print_back(number):
+    s = unroll.compile(f"x_<k+1> = x_k - {number} α∇F")
+    assert unroll.compile(str(s)) == s
 
 
 def test_latex():

@@ -37,6 +37,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
+import sys
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -82,6 +83,32 @@ _LATEX_SKIPPED = {"left", "right"}  # \left( ... \right): plain parentheses
 MAX_NUMBER_BITS = 4096
 MAX_NESTING = 50  # parentheses, calls and exponents, each a level of recursion in the parser
 MAX_OFFSET = 1000  # how far back a state value may reach (x_<k-1000>)
+
+
+def float64_misfit(value: sp.Basic) -> str | None:
+    """Why a number in ``value`` cannot be a coefficient, or None if every one can.
+
+    A scheme's numbers are exact rationals, printed as ``p/q`` and run in float64: a number
+    beyond float64's largest (1e308 4), below its reciprocal, or whose p or q has more digits
+    than float64 can hold would print as a literal that does not parse back, and overflow when
+    the scheme runs. Other numeric terms (exp(1000)) must be within float64's range.
+    """
+    for num in sorted(value.atoms(sp.Rational), key=abs, reverse=True):
+        if max(abs(num.p), num.q) <= _FLOAT64_MAX:
+            continue
+        shown = sp.sstr(sp.N(num, 3))
+        if abs(num) > _FLOAT64_MAX:
+            return f"the number {shown} overflows float64 (its largest is {_FLOAT64_MAX:.3g})"
+        if abs(num) < 1 / _FLOAT64_MAX:
+            return f"the number {shown} is too small: below 1/{_FLOAT64_MAX:.3g}"
+        return f"the number {shown} takes more than 308 digits to write exactly: round it"
+    for part in value.atoms(sp.Pow, sp.Function):
+        if part.is_number and not abs(part.evalf(5)) <= _FLOAT64_MAX:
+            return f"{sp.sstr(part)} = {sp.sstr(sp.N(part, 3))} overflows float64"
+    return None
+
+
+_FLOAT64_MAX = sys.float_info.max
 
 
 def _check_name(text: str, pos: int, name: str) -> None:
@@ -399,6 +426,9 @@ class _Parser:
         for part in [value, *value.atoms(sp.Pow, sp.Function)]:
             if part.is_number and part.is_extended_real is False:
                 raise self.error("not a real number", tok)
+        problem = float64_misfit(value)
+        if problem is not None:
+            raise self.error(problem, tok)
         return value
 
     # -- grammar -------------------------------------------------------------------------
@@ -427,14 +457,18 @@ class _Parser:
         negate = self.signs()
         value = self.power()
         while True:
+            # Each product is checked where its factor is written: 1e308 4 α overflows at 4.
             if self.is_op("*", "/"):
                 op = self.take()
                 if not (self.starts_atom() or self.is_op("+", "-")):
                     raise self.error(f"expected an expression after {op.text!r}")
+                factor = self.tok
                 rhs = self.unary()
                 value = value * rhs if op.text == "*" else self.divide(value, rhs, op)
+                value = self.checked(value, factor)
             elif self.starts_atom():
-                value = value * self.power()
+                factor = self.tok
+                value = self.checked(value * self.power(), factor)
             else:
                 return -value if negate else value
 

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import sympy as sp
 
 from unroll.errors import UnrollError
-from unroll.frontend.parse import GREEK, STEP_NAMES  # noqa: F401  (the step names, defined where the parser reads them)
+from unroll.frontend.parse import GREEK, STEP_NAMES, float64_misfit  # noqa: F401  (the step names, defined where the parser reads them)
 from unroll.frontend.printing import equation_latex, equation_text, expr_text
 from unroll.ir import vocabulary as ir
 
@@ -228,6 +228,9 @@ class Scheme:
             bad = [n for n in (sp.zoo, sp.oo, -sp.oo, sp.nan) if eq.rhs.has(n)]
             if bad:
                 raise UnrollError(f"a non-finite number {bad[0]} in {equation_text(eq)}")
+            misfit = float64_misfit(eq.rhs)
+            if misfit is not None:
+                raise UnrollError(f"{misfit}, in {equation_text(eq)}")
             for part in sp.preorder_traversal(eq.rhs):
                 if part.is_number and part.is_extended_real is False:
                     raise UnrollError(f"{part} is not a real number, in {equation_text(eq)}")
