@@ -48,14 +48,33 @@ def test_show_by_name_file_or_text(spec):
     [
         (["show", "no_such_scheme"], "no bundled scheme 'no_such_scheme'"),
         (["show", "missing.yaml"], "no such scheme file"),
-        (["show", "x_<k+1> = x_k + (a"], "unbalanced parentheses"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(args, message):
     result = CliRunner().invoke(cli, args)
-    assert result.exit_code == 2
-    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+
+
+def test_a_parse_error_keeps_its_caret_line():
+    result = CliRunner().invoke(cli, ["show", "x_<k+1> = x_k + (a"])
+    assert result.exit_code == 2 and result.stdout == ""
+    first, text, caret = result.stderr.rstrip("\n").split("\n")
+    assert first == "error: unbalanced parentheses: this one is never closed (at column 17)"
+    assert text == "  x_<k+1> = x_k + (a"
+    assert caret == " " * text.index("(") + "^"
+
+
+def test_a_yaml_syntax_error_names_the_line_and_column(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: s\nequations: |\n  x_<k+1> = x_k - α∇F\n parameters: {α: 1}\n")
+    result = CliRunner().invoke(cli, ["show", str(path)])
+    assert result.exit_code == 2
+    first, text, caret = result.stderr.rstrip("\n").split("\n")
+    assert first.startswith("error: bad.yaml: not valid YAML: ")
+    assert first.endswith("(at line 4, column 2)")
+    assert text == "   parameters: {α: 1}" and caret == "   ^"
 
 
 def installed(name):

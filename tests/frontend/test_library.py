@@ -104,8 +104,12 @@ GOOD = "name: s\nequations: x_<k+1> = x_k - α∇F\n"
         (GOOD + "activation: gelu_fast\n", "activation: unknown activation"),
         ("name: s\nequations: x_<k+1> = x_k + (\n", "equations: unbalanced parentheses"),
         ("- a\n- b\n", "a mapping of keys"),
-        ("name: [unclosed\n", "not valid YAML"),
-        ("name: s\nequations: !!python/object/apply:os.system ['true']\n", "not valid YAML"),
+        ("name: [unclosed\n", r"not valid YAML: .*flow sequence from line 1, column 7"),
+        (
+            "name: s\nequations: !!python/object/apply:os.system ['true']\n",
+            r"not valid YAML: could not determine a constructor .* \(at line 2, column 12\)",
+        ),
+        ("name: s\n  bad: indent\nequations: x\n", r"not valid YAML: .* \(at line 2, column 6\)"),
     ],
 )
 def test_scheme_file_errors_name_the_key(tmp_path, text, message):

@@ -5,7 +5,8 @@ click command). The group knows them from the static table `COMMANDS` (name, mod
 help) and imports a command's module only when that command runs, so ``unroll --help`` and
 ``unroll list`` start without importing torch. A new command is a module plus a row here.
 
-Bad input is one line on stderr and exit 2.
+Bad input (an `UnrollError`) is printed on stderr after ``error: `` and exits with status 2; a
+message that points into scheme text or a file keeps the caret lines under its first line.
 """
 
 from __future__ import annotations
@@ -84,8 +85,9 @@ class LazyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except UnrollError as e:
-            # One line: the message names the symbol, key or column at fault.
-            click.echo(f"error: {str(e).splitlines()[0]}", err=True)
+            # The message names the symbol, key or column at fault; when it points into text,
+            # the text and a caret under the column follow on two more lines.
+            click.echo(f"error: {e}", err=True)
             ctx.exit(2)
 
 
