@@ -1,4 +1,5 @@
-"""The one exception type users see."""
+"""The exception users see for input unroll cannot accept, and the warning for input it accepts
+but suspects (a likely typo)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,11 @@ class UnrollError(ValueError):
     The message names what is wrong and where: the symbol, the YAML key, or the column of
     the scheme text (shown with a caret under it).
     """
+
+
+class UnrollWarning(UserWarning):
+    """Input unroll accepts but suspects, such as a new parameter one edit away from a Greek
+    letter's name (``bta`` for β). The message names the symbol and the likely intent."""
 
 
 def at(text: str, column: int, message: str) -> UnrollError:

@@ -2,12 +2,14 @@
 
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
 
 import unroll
 from tests import ROOT
+from unroll.frontend.library import SCHEME_DIR
 
 REQUIRED = [
     "gradient_descent", "heavy_ball", "nesterov", "nesterov_schedule", "proximal_gradient",
@@ -33,7 +35,9 @@ def small_problem(scheme):
         kwargs["grad"] = lambda x: A @ x
     elif scheme.kind == "ode":
         branches = {
-            fn.func.__name__ for eq in scheme.equations for fn in unroll.ir.vocabulary.applications(eq.rhs)
+            fn.func.__name__
+            for eq in scheme.equations
+            for fn in unroll.ir.vocabulary.applications(eq.rhs)
         }
         kwargs["f"] = {name: (lambda t, x: -0.1 * torch.tanh(x)) for name in branches}
     else:
@@ -60,6 +64,13 @@ def test_every_bundled_scheme_parses_prints_back_and_runs(name):
     # The run really moved the state.
     first = out if not isinstance(out, dict) else next(iter(out.values()))
     assert not torch.equal(first, x0 if not isinstance(x0, dict) else next(iter(x0.values())))
+
+
+def test_no_bundled_scheme_warns():
+    for path in sorted(SCHEME_DIR.glob("*.yaml")):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # an UnrollWarning (a likely typo) would raise
+            unroll.load(path)
 
 
 def write(tmp_path, text):
@@ -93,8 +104,12 @@ GOOD = "name: s\nequations: x_<k+1> = x_k - α∇F\n"
         (GOOD + "activation: gelu_fast\n", "activation: unknown activation"),
         ("name: s\nequations: x_<k+1> = x_k + (\n", "equations: unbalanced parentheses"),
         ("- a\n- b\n", "a mapping of keys"),
-        ("name: [unclosed\n", "not valid YAML"),
-        ("name: s\nequations: !!python/object/apply:os.system ['true']\n", "not valid YAML"),
+        ("name: [unclosed\n", r"not valid YAML: .*flow sequence from line 1, column 7"),
+        (
+            "name: s\nequations: !!python/object/apply:os.system ['true']\n",
+            r"not valid YAML: could not determine a constructor .* \(at line 2, column 12\)",
+        ),
+        ("name: s\n  bad: indent\nequations: x\n", r"not valid YAML: .* \(at line 2, column 6\)"),
     ],
 )
 def test_scheme_file_errors_name_the_key(tmp_path, text, message):
@@ -148,5 +163,6 @@ def test_schemes_ship_with_a_plain_install(tmp_path):
     import zipfile
 
     names = zipfile.ZipFile(wheel).namelist()
-    assert "unroll/schemes/heavy_ball.yaml" in names
-    assert len([n for n in names if n.startswith("unroll/schemes/")]) == len(unroll.schemes)
+    data = SCHEME_DIR.relative_to(ROOT / "unroll").as_posix()  # frontend/schemes
+    assert f"unroll/{data}/heavy_ball.yaml" in names
+    assert len([n for n in names if n.startswith(f"unroll/{data}/")]) == len(unroll.schemes)

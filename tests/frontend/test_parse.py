@@ -1,9 +1,12 @@
 """The scheme-text front end: what parses to what, and what is refused with which message."""
 
+import warnings
+
 import pytest
 import sympy as sp
 
 import unroll
+from unroll.errors import UnrollWarning
 from unroll.frontend.parse import parse
 from unroll.ir import vocabulary as ir
 
@@ -73,6 +76,125 @@ def test_operators():
     assert sp.expand(eq.rhs - want) == 0
 
 
+def test_elementary_functions_by_name_and_in_latex():
+    (eq,) = parse(r"x_<k+1> = sin(x_k) + cos(x_k) tanh(2x_k) + \sin{x_k} + exp(-h) ∇F")
+    want = 2 * sp.sin(x[k]) + sp.cos(x[k]) * sp.tanh(2 * x[k]) + sp.exp(-h) * grad(x[k])
+    assert sp.expand(eq.rhs - want) == 0
+
+
+def test_sin_cos_tanh_run_as_torch_computes_them():
+    import torch
+
+    s = unroll.compile("x_<k+1> = x_k - h (sin(x_k) + cos(x_k) tanh(x_k)) ∇F")
+    x0 = torch.linspace(-2, 2, 7, dtype=torch.float64)
+    want = x0.clone()
+    for _ in range(3):
+        want = want - 0.1 * (torch.sin(want) + torch.cos(want) * torch.tanh(want)) * 2 * want
+    got = s.run(x0, 3, grad=lambda x: 2 * x, h=0.1)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-14)  # same float64 operations
+
+
+@pytest.mark.parametrize(
+    "text, message, column",
+    [
+        (
+            "x_<k+1> = relu(W x_k + b)",
+            "relu is not a function of the scheme language: did you mean φ(...) with "
+            "activation='relu'?",
+            11,
+        ),
+        ("x_<k+1> = sigmoid (W x_k)", "did you mean φ(...) with activation='sigmoid'?", 11),
+        ("x_<k+1> = ReLU(W x_k)", "did you mean φ(...) with activation='relu'?", 11),
+        ("x_<k+1> = leaky_relu(W x_k)", "with activation='leaky_relu'?", 11),
+        ("x_<k+1> = x_k + h sinh(x_k) f(x_k)", "sinh is not a function", 19),
+        ("x_<k+1> = x_k + h sinh(x_k) f(x_k)", "did you mean sin(...)?", 19),
+        ("x_<k+1> = x_k + h cosine(x_k) f(x_k)", "did you mean cos(...)?", 19),
+        ("x_<k+1> = x_k + h Tahn(x_k) f(x_k)", "did you mean tanh(...)?", 19),
+        ("x_<k+1> = x_k + h ln(x_k) f(x_k)", "did you mean log(...)?", 19),
+        ("x_<k+1> = x_k - lr(x_k - x_<k-1>) ∇F", "write lr*(...) or lr (...)", 17),
+    ],
+)
+def test_a_name_before_a_parenthesis_that_is_no_function_is_refused(text, message, column):
+    test_malformed_input_names_what_and_where(text, message, column)
+
+
+@pytest.mark.parametrize(
+    "text, product",
+    [
+        ("x_<k+1> = x_k + β(x_k - x_<k-1>) - α∇F", "β"),  # one letter
+        ("x_<k+1> = x_k + beta(x_k - x_<k-1>) - α∇F", "β"),  # a Greek letter's name
+        ("x_<k+1> = x_k + c_1(x_k - x_<k-1>) - α∇F", "c_1"),  # one letter and a subscript
+        ("x_<k+1> = x_k + a2(x_k - x_<k-1>) - α∇F", "a2"),
+        ("x_<k+1> = x_k + dt(x_k - x_<k-1>) - α∇F", "dt"),  # a step name
+        ("x_<k+1> = x_k + Δt(x_k - x_<k-1>) - α∇F", "Δt"),
+        ("x_<k+1> = x_k + lr (x_k - x_<k-1>) - α∇F", "lr"),  # a space: juxtaposition
+        ("x_<k+1> = x_k + lr*(x_k - x_<k-1>) - α∇F", "lr"),
+        ("mid = f(x_k); x_<k+1> = x_k + mid(x_k - x_<k-1>)", "mid"),  # a stage
+    ],
+)
+def test_a_coefficient_before_a_parenthesis_multiplies(text, product):
+    rhs_ = parse(text)[-1].rhs
+    p = sp.Symbol(product)
+    assert sp.expand(rhs_).coeff(p) == sp.expand(x[k] - x[k - 1])
+
+
+def test_a_declared_parameter_before_a_parenthesis_multiplies(tmp_path):
+    text = "name: s\nequations: x_<k+1> = x_k + mom(x_k - x_<k-1>) - α∇F\n"
+    path = tmp_path / "s.yaml"
+    path.write_text(text + "parameters: {mom: 0.9}\n")
+    s = unroll.load(path)
+    assert s.parameters["mom"].default == 0.9
+    assert s.equations == tuple(parse(text.split(": ", 2)[2], parameters=["mom"]))
+    path.write_text(text)
+    with pytest.raises(unroll.UnrollError, match="mom is not a function"):
+        unroll.load(path)
+
+
+@pytest.mark.parametrize(
+    "text, name, intent, column",
+    [
+        ("x_<k+1> = x_k + bta (x_k - x_<k-1>) - α∇F", "bta", "β", 17),
+        ("x_<k+1> = x_k - alpah ∇F", "alpah", "α", 17),
+        ("x_<k+1> = x_k - lamda ∇F", "lamda", "λ", 17),
+        ("x_<k+1> = x_k - Beta ∇F", "Beta", "β", 17),
+        ("x_<k+1> = x_k + mom (x_k - x_<k-1>) - mon ∇F", "mon", "mom", 39),
+    ],
+)
+def test_a_parameter_one_letter_from_a_greek_name_or_another_parameter_warns(
+    text, name, intent, column
+):
+    with pytest.warns(UnrollWarning) as record:
+        parse(text)
+    (warning,) = record
+    message = str(warning.message)
+    assert message.startswith(f"{name} is a new parameter, one letter from ")
+    assert f"did you mean {intent}?" in message and f"column {column})" in message
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "x_<k+1> = x_k + c_1 (x_k - x_<k-1>) - c_2 ∇F",  # they differ in a digit
+        "x_<k+1> = x_k + beta1 (x_k - x_<k-1>) - beta2 ∇F",  # Adam's names
+        "x_<k+1> = x_k + lr (x_k - x_<k-1>) - lr2 ∇F",
+        "x_<k+1> = x_k + eta (x_k - x_<k-1>) - zeta ∇F",  # Greek names are Greek letters
+        "x_<k+1> = x_k + ab (x_k - x_<k-1>) - ac ∇F",  # two letters: too short to judge
+    ],
+)
+def test_names_that_differ_on_purpose_do_not_warn(text):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        parse(text)
+
+
+def test_a_declared_parameter_does_not_warn(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("name: s\nequations: x_<k+1> = x_k - bta ∇F\nparameters: {bta: 0.1}\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert list(unroll.load(path).parameters) == ["bta"]
+
+
 def test_powers_numbers_and_precedence():
     (eq,) = parse("x_<k+1> = -2^2 x_k + 1.5e1 x_k ** 2 / 3 + 0.25")
     assert sp.expand(eq.rhs - (-4 * x[k] + 5 * x[k] ** 2 + sp.Rational(1, 4))) == 0
@@ -119,12 +241,28 @@ def test_powers_numbers_and_precedence():
         ("x_<k+1> = x_k + 0.1e-400000 ∇F", "too small for float64", 17),
         ("x_<k+1> = x_k + 1." + "0" * 2000 + "1 ∇F", "too large (or too long)", 17),
         ("x_<k+1> = x_k + x_<k-2000>", "more than 1000 steps away", 20),
+        # Coefficients that float64 cannot hold, refused where the product is written.
+        ("x_<k+1> = x_k - 1e308 4 α∇F", "the number 4.00e+308 overflows float64", 23),
+        ("x_<k+1> = x_k - 1e308*4 α∇F", "the number 4.00e+308 overflows float64", 23),
+        ("x_<k+1> = x_k - 1e308/0.01 α∇F", "the number 1.00e+310 overflows float64", 23),
+        ("x_<k+1> = x_k - 1e-300 1e-300 α∇F", "the number 1.00e-600 is too small", 24),
+        ("x_<k+1> = x_k - 10^400 α∇F", "the number 1.00e+400 overflows float64", 19),
+        ("x_<k+1> = x_k - exp(1000) α∇F", "exp(1000) = 1.97e+434 overflows float64", 17),
+        ("x_<k+1> = x_k - 1." + "0" * 400 + "1 ∇F", "more than 308 digits", 17),
+        ("x_<k+1> = x_k - 1e308 ∇F - 1e308 ∇F", "the number -2.00e+308 overflows", 11),
         # Names a stage cannot take.
         ("k = 1; x_<k+1> = x_k + f(x_k)", "k is the index letter", 1),
         ("t = 1; x_<k+1> = x_k + f(x_k)", "t is the time", 1),
         ("f = 1; x_<k+1> = x_k + f(x_k)", "f names an operator", 1),
         ("φ = 1; x_<k+1> = φ(x_k)", "φ names an operator", 1),
         ("x_<t+1> = x_t + f(x_t)", "t is the time", 1),
+        # A state or stage with another index letter would have been a new parameter x_n.
+        ("x_<k+1> = x_n - α∇F", "x_n: x is a state of this scheme, indexed by k", 11),
+        ("x_<k+1> = x_k - x_prev ∇F", "'prev' is not the index letter", 17),
+        ("u_<n+1> = u_k + h f(u_n)", "u_k: u is a state of this scheme, indexed by n", 11),
+        ("a = f(x_k); x_<k+1> = x_k + h a_n", "a_n: a is a stage of this scheme", 31),
+        # A misspelt Greek name before '(' is no function either.
+        ("x_<k+1> = x_k + bta(x_k - x_<k-1>) - α∇F", "did you mean β(...), the product", 17),
         # Messages show offsets as written, also when the newest value is not at k+1.
         ("x_<k+2> = x_<k+3>", "x_<k+3> is ahead of the newest value x_<k+2>", 11),
     ],

@@ -111,12 +111,52 @@ def test_sympy_equations_as_input():
         (lambda k, x: sp.Eq(x[k + 1], x[k] + sp.I * ir.GRAD(x[k])), "I is not a real number"),
         (lambda k, x: sp.Eq(x[k + 1], x[k] + sp.sqrt(-2) * ir.GRAD(x[k])), "not a real number"),
         (lambda k, x: sp.Eq(sp.IndexedBase("x")[sp.Symbol("k") + 1], x[k]), "integer symbol"),
+        (
+            lambda k, x: sp.Eq(x[k + 1], x[k] + sp.Integer(10) ** 400 * ir.GRAD(x[k])),
+            r"the number 1\.00e\+400 overflows float64 \(its largest is 1\.8e\+308\), in x_<k\+1> =",
+        ),
     ],
 )
 def test_invalid_sympy_input_names_the_symbol(eq, message):
     k = ir.index_symbol("k")
     with pytest.raises(unroll.UnrollError, match=message):
         unroll.compile([eq(k, sp.IndexedBase("x"))])
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("x_<k+1> = x_k + φ(b)", "equation 1, x_<k+1> = φ(b) + x_k: φ(b) applies an operator to b"),
+        ("x_<k+1> = x_k + W y", "W(y) applies an operator to y alone"),
+        ("x_<k+1> = x_k - α∇F(α)", "∇F(α) applies an operator to α alone"),
+        ("x_<k+1> = x_k + h f(t, h)", "f(t, h) applies an operator to h alone"),
+        ("x_<k+1> = x_k + W(3)", "W(3) applies an operator to a number alone"),
+        # A stage computed from parameters is no tensor either.
+        ("a = 2b; x_<k+1> = x_k + φ(a)", "equation 2, x_<k+1> = φ(a) + x_k: φ(a)"),
+    ],
+)
+def test_an_operator_on_parameters_alone_is_refused(text, message):
+    with pytest.raises(unroll.UnrollError) as info:
+        unroll.compile(text)
+    assert message in str(info.value) and "its argument must hold a state" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "x_<k+1> = x_k - ∇F(θ_k); θ_<k+1> = θ_k/2",  # a state, even one that evolves alone
+        "a = f(x_k); x_<k+1> = x_k + φ(a)",  # a stage computed from a state
+        "x_<k+1> = x_k + φ(W x_k + b) + f(t, x_k)",
+    ],
+)
+def test_an_operator_on_a_state_or_stage_is_accepted(text):
+    assert unroll.compile(text).equations
+
+
+@pytest.mark.parametrize("number", ["1e308", "1.7976931348623157e308", "1e-308", "2.5e-300"])
+def test_coefficients_at_float64s_ends_print_back(number):
+    s = unroll.compile(f"x_<k+1> = x_k - {number} α∇F")
+    assert unroll.compile(str(s)) == s
 
 
 def test_latex():
@@ -132,8 +172,11 @@ PARAMS = ["α", "β", "h", "c_1", "lr", "γ", "Δt", "E"]
 
 @st.composite
 def expressions(draw, states, stages, depth=3):
-    """Scheme text for a random expression over the given states and stages."""
+    """Scheme text for a random expression over the given states and stages. An operator's
+    argument always holds a state (operators on parameters alone are refused): x_<k-3>, which
+    no leaf writes, so that nothing cancels it."""
     leaves = [f"{s}_<k-{j}>" if j else f"{s}_k" for s in states for j in range(3)] + list(stages)
+    old = f"{states[0]}_<k-3>"
     leaf = st.one_of(
         st.sampled_from(leaves),
         st.sampled_from(PARAMS),
@@ -143,7 +186,7 @@ def expressions(draw, states, stages, depth=3):
     if depth == 0:
         return draw(leaf)
     sub = expressions(states, stages, depth - 1)
-    form = draw(st.integers(0, 16))
+    form = draw(st.integers(0, 19))
     a, b = draw(sub), draw(sub)
     return [
         draw(leaf),
@@ -152,9 +195,9 @@ def expressions(draw, states, stages, depth=3):
         f"{a} {b}" if not b[:1].isdigit() else f"{a}*{b}",
         f"({a})/{draw(st.integers(2, 7))}",
         f"({a})^{draw(st.integers(2, 3))}",
-        f"∇F({a})",
-        f"f(t + h, {a})",
-        f"φ(W({a}) + b)",
+        f"∇F({a} + {old})",
+        f"f(t + h, {a} + {old})",
+        f"φ(W({a} + {old}) + b)",
         f"-({a})",
         f"abs({a})",
         f"exp({a})",
@@ -163,6 +206,9 @@ def expressions(draw, states, stages, depth=3):
         f"({a})/(1 + ({b})^2)",
         f"-({a})/(1 + ({b})^2)",
         f"({a})/(1 + ({b})^2)*{draw(st.integers(2, 5))}",
+        f"sin({a})",
+        f"cos({a}) - tanh({b})",
+        f"tanh({a})",
     ][form]
 
 
@@ -175,7 +221,7 @@ def scheme_texts(draw):
         lines.append(f"{name} = {draw(expressions(states, stages))}")
         stages.append(name)
     for s in states:
-        lines.append(f"{s}_<k+1> = {s}_k + h f({draw(expressions(states, stages))})")
+        lines.append(f"{s}_<k+1> = {s}_k + h f({draw(expressions(states, stages))} + {s}_<k-3>)")
     return "\n".join(lines)
 
 

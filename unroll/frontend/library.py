@@ -14,7 +14,8 @@ from typing import Any
 import sympy as sp
 import yaml
 
-from unroll.errors import UnrollError
+from unroll.errors import UnrollError, at
+from unroll.frontend import activation_names
 from unroll.frontend.parse import GREEK, parse
 from unroll.frontend.scheme import FrozenMap, Parameter, Scheme
 
@@ -84,7 +85,7 @@ def from_mapping(data: Any, source: str = "<mapping>") -> Scheme:
         if key not in data:
             raise UnrollError(f"{source}: missing key {key!r}")
     try:
-        equations = parse(data["equations"])
+        equations = parse(data["equations"], (str(n) for n in data.get("parameters") or {}))
     except UnrollError as e:
         raise UnrollError(f"{source}: equations: {e}") from None
 
@@ -144,10 +145,8 @@ def from_mapping(data: Any, source: str = "<mapping>") -> Scheme:
     for i, ref in enumerate(references):
         _check(f"{source}: references[{i}]", ref, str)
     if "activation" in data:
-        from unroll.ir import activations
-
         try:
-            activations.get(data["activation"])
+            activation_names.check(data["activation"])
         except UnrollError as e:
             raise UnrollError(f"{source}: activation: {e}") from None
     try:
@@ -179,8 +178,21 @@ def load(path: str | Path) -> Scheme:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise UnrollError(f"{path.name}: not valid YAML: {str(e).splitlines()[0]}") from None
+        raise _yaml_error(path.name, text, e) from None
     return from_mapping(data, path.name)
+
+
+def _yaml_error(source: str, text: str, e: yaml.YAMLError) -> UnrollError:
+    """A YAML syntax error as an `UnrollError` with the line and column of the file at fault
+    (and a caret under it), and where the construct it was reading began."""
+    mark = getattr(e, "problem_mark", None)
+    if not isinstance(e, yaml.MarkedYAMLError) or mark is None:
+        return UnrollError(f"{source}: not valid YAML: {str(e).splitlines()[0]}")
+    message = f"{source}: not valid YAML: {e.problem}"
+    start = e.context_mark
+    if e.context and start is not None:
+        message += f" ({e.context} from line {start.line + 1}, column {start.column + 1})"
+    return at(text, mark.index, message)
 
 
 def _looks_like_path(spec: str) -> bool:

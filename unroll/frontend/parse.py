@@ -16,18 +16,37 @@ Grammar (juxtaposition is multiplication, at the precedence of ``*`` and ``/``):
     atom      := NUMBER | '(' sum ')' | '∇F' ['(' sum ')'] | 'grad F' [...]
                | NAME subscript? ['(' args ')']
     subscript := '_' ('<' index '>' | '{' index '}' | NAME | DIGITS)
+
+Names and calls. A name followed by '(' is a call when it names a function of the language:
+an elementary function (sin, cos, tanh, exp, log, sqrt, abs), the activation (φ, σ, phi,
+sigma), a right-hand side or branch (f, g, f_1, ...), a linear operator (W, W_1, ...) or
+∇F / grad F. Otherwise juxtaposition multiplies, as in ``β(x_k − x_<k-1>)``, ``h(a + b)`` or
+``c_1(x_k)``, and that is refused where a reader would see a call that does nothing:
+
+- an activation by name (``relu(...)``, ``sigmoid (...)``), with or without a space: the
+  language writes it φ(...) and names the activation apart (``activation='relu'``);
+- any other name written directly before '(' (no space), unless it reads as a coefficient: a
+  name of one letter (with digits or a subscript: ``h``, ``β``, ``c_1``, ``a2``), a Greek
+  letter's name (``beta``), a step name (`STEP_NAMES`), a stage of the scheme, or a parameter
+  the scheme file declares. So ``lr(x_k)`` and ``sinh(x_k)`` are errors with a suggestion,
+  while ``lr (x_k)`` and ``lr*(x_k)`` are the product.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
+import sys
+import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from fractions import Fraction
 
 import sympy as sp
 
-from unroll.errors import UnrollError, at
+from unroll.errors import UnrollError, UnrollWarning, at
+from unroll.frontend import activation_names
 from unroll.ir import vocabulary as ir
 
 GREEK = {
@@ -36,6 +55,7 @@ GREEK = {
     "xi": "ξ", "rho": "ρ", "tau": "τ", "omega": "ω", "Delta": "Δ",
 }  # fmt: skip
 ACTIVATION_NAMES = {"φ", "ϕ", "σ", "phi", "varphi", "sigma"}
+STEP_NAMES = ("h", "Δt", "dt")  # the parameter names an ODE scheme's step goes by
 NON_FINITE = {"inf", "nan", "oo", "infinity", "Infinity", "NaN", "∞"}
 
 # Whitespace is any Unicode space but the newline (which ends an equation), and LaTeX's spacing
@@ -63,6 +83,32 @@ _LATEX_SKIPPED = {"left", "right"}  # \left( ... \right): plain parentheses
 MAX_NUMBER_BITS = 4096
 MAX_NESTING = 50  # parentheses, calls and exponents, each a level of recursion in the parser
 MAX_OFFSET = 1000  # how far back a state value may reach (x_<k-1000>)
+
+
+def float64_misfit(value: sp.Basic) -> str | None:
+    """Why a number in ``value`` cannot be a coefficient, or None if every one can.
+
+    A scheme's numbers are exact rationals, printed as ``p/q`` and run in float64: a number
+    beyond float64's largest (1e308 4), below its reciprocal, or whose p or q has more digits
+    than float64 can hold would print as a literal that does not parse back, and overflow when
+    the scheme runs. Other numeric terms (exp(1000)) must be within float64's range.
+    """
+    for num in sorted(value.atoms(sp.Rational), key=abs, reverse=True):
+        if max(abs(num.p), num.q) <= _FLOAT64_MAX:
+            continue
+        shown = sp.sstr(sp.N(num, 3))
+        if abs(num) > _FLOAT64_MAX:
+            return f"the number {shown} overflows float64 (its largest is {_FLOAT64_MAX:.3g})"
+        if abs(num) < 1 / _FLOAT64_MAX:
+            return f"the number {shown} is too small: below 1/{_FLOAT64_MAX:.3g}"
+        return f"the number {shown} takes more than 308 digits to write exactly: round it"
+    for part in value.atoms(sp.Pow, sp.Function):
+        if part.is_number and not abs(part.evalf(5)) <= _FLOAT64_MAX:
+            return f"{sp.sstr(part)} = {sp.sstr(sp.N(part, 3))} overflows float64"
+    return None
+
+
+_FLOAT64_MAX = sys.float_info.max
 
 
 def _check_name(text: str, pos: int, name: str) -> None:
@@ -303,6 +349,30 @@ def _check_target_name(text: str, target: Target, letter: str) -> None:
     raise at(text, target.col, why)
 
 
+_OTHER_SPELLINGS = {"ln": "log(...)", "Phi": "φ(...)", "Sigma": "σ(...)"}
+
+
+def _suggestion(name: str) -> str | None:
+    """What ``name(...)`` most likely meant: a function of the language, or φ(...) with an
+    activation, when ``name`` is a near miss of one (``sine``, ``Tanh``, ``Relu``); else None."""
+    if name in _OTHER_SPELLINGS:
+        return _OTHER_SPELLINGS[name]
+    greek = _likely_intent(name, ())
+    if greek is not None:  # bta(x): the product β(x), misspelt
+        letter = greek.split()[-1].strip("()")
+        return f"{letter}(...), the product with {letter}"
+    candidates = {fn: f"{fn}(...)" for fn in ir.ELEMENTARY}
+    for act in (*activation_names.FIXED, *activation_names.FAMILIES, *activation_names.ALIASES):
+        candidates.setdefault(act, f"φ(...) with activation={act!r}")
+    word = name.lower()
+    # A known name that starts the word (cosine, sinh, relu6) beats a merely similar one.
+    prefixes = [c for c in candidates if word.startswith(c) or c.startswith(word)]
+    close = sorted(prefixes, key=len)[-1:] or difflib.get_close_matches(
+        word, candidates, n=1, cutoff=0.6
+    )
+    return candidates[close[0]] if close else None
+
+
 class _Parser:
     def __init__(self, text: str, toks: list[Token], ctx: _Context):
         self.text, self.toks, self.i, self.ctx = text, toks, 0, ctx
@@ -356,6 +426,9 @@ class _Parser:
         for part in [value, *value.atoms(sp.Pow, sp.Function)]:
             if part.is_number and part.is_extended_real is False:
                 raise self.error("not a real number", tok)
+        problem = float64_misfit(value)
+        if problem is not None:
+            raise self.error(problem, tok)
         return value
 
     # -- grammar -------------------------------------------------------------------------
@@ -384,14 +457,18 @@ class _Parser:
         negate = self.signs()
         value = self.power()
         while True:
+            # Each product is checked where its factor is written: 1e308 4 α overflows at 4.
             if self.is_op("*", "/"):
                 op = self.take()
                 if not (self.starts_atom() or self.is_op("+", "-")):
                     raise self.error(f"expected an expression after {op.text!r}")
+                factor = self.tok
                 rhs = self.unary()
                 value = value * rhs if op.text == "*" else self.divide(value, rhs, op)
+                value = self.checked(value, factor)
             elif self.starts_atom():
-                value = value * self.power()
+                factor = self.tok
+                value = self.checked(value * self.power(), factor)
             else:
                 return -value if negate else value
 
@@ -515,6 +592,8 @@ class _Parser:
             self.i = j
             label = _label(content)
             if label is not None and label != self.ctx.letter:
+                if not label.isdigit():
+                    self.ctx.refuse_foreign_index(name, label, tok, self)
                 name = f"{name}_{label}"  # part of a name: c_1, c_{1}, c_j
             else:
                 letter, off = _index(self.text, content, sub_col)
@@ -559,7 +638,32 @@ class _Parser:
             return ir.index_symbol(name)
         if name == "t":
             return ir.T
+        if self.is_op("("):
+            self.refuse_call(name, tok)
         return self.ctx.plain(name, tok, self)
+
+    def refuse_call(self, name: str, tok: Token) -> None:
+        """``name (...)`` with ``name`` no function: an error where a reader would see a call
+        (an activation's name; any name directly before '(' that is not coefficient-like),
+        else nothing, and the parser reads a product. See the module docstring."""
+        if name in self.ctx.declared:
+            return
+        if activation_names.is_name(name.lower()):
+            raise self.error(
+                f"{name} is not a function of the scheme language: did you mean φ(...) with "
+                f"activation={name.lower()!r}?",
+                tok,
+            )
+        if self.tok.space_before or self.ctx.coefficient_like(name):
+            return
+        hint = _suggestion(name)
+        raise self.error(
+            f"{name} is not a function of the scheme language"
+            + (f": did you mean {hint}?" if hint else "")
+            + f" (known: {', '.join(ir.ELEMENTARY)}, φ); for a product write {name}*(...) "
+            f"or {name} (...)",
+            tok,
+        )
 
     def single_arg(self, name: str, tok: Token) -> list[sp.Expr]:
         args = self.call_args(name)
@@ -571,12 +675,15 @@ class _Parser:
 class _Context:
     """What the parser knows about the whole scheme while reading one right-hand side."""
 
-    def __init__(self, text: str, targets: list[Target], letter: str):
-        self.text, self.letter = text, letter
+    def __init__(
+        self, text: str, targets: list[Target], letter: str, declared: frozenset[str] = frozenset()
+    ):
+        self.text, self.letter, self.declared = text, letter, declared
         self.k = ir.index_symbol(letter)
         self.states = {t.name for t in targets if t.offset == 1}
         self.stages = {t.name for t in targets if t.offset != 1}
         self.lhs: Target | None = None
+        self.first_use: dict[str, Token] = {}  # parameter -> where the text first writes it
         self.shift = 0  # added to written offsets so that the newest value sits at k+1
 
     def current_point(self, tok: Token) -> sp.Expr:
@@ -615,22 +722,71 @@ class _Context:
             )
         return sp.IndexedBase(name)[self.k + off]
 
+    def coefficient_like(self, name: str) -> bool:
+        """True for a name that reads as a coefficient before '(': one letter (digits and a
+        subscript aside), a step name, a stage of the scheme or a declared parameter."""
+        head = name.partition("_")[0]
+        return (
+            sum(c.isalpha() for c in head) <= 1
+            or name in STEP_NAMES
+            or name in self.stages
+            or name in self.declared
+        )
+
+    def refuse_foreign_index(self, name: str, label: str, tok: Token, p: _Parser) -> None:
+        """``x_n`` (or ``x_prev``) with x a state or a stage of a scheme indexed by k would be a
+        new parameter ``x_n``: an error saying why."""
+        k = self.letter
+        if name in self.states:
+            raise p.error(
+                f"{name}_{label}: {name} is a state of this scheme, indexed by {k} ({name}_{k}, "
+                f"{name}_<{k}-1>), and {label!r} is not the index letter",
+                tok,
+            )
+        if name in self.stages:
+            raise p.error(
+                f"{name}_{label}: {name} is a stage of this scheme, written {name} (or "
+                f"{name}_{k}), and {label!r} is not the index letter",
+                tok,
+            )
+
     def plain(self, name: str, tok: Token, p: _Parser) -> sp.Expr:
         if name in self.states:
             raise p.error(
                 f"{name} is a state: write it with its index, e.g. {name}_{self.letter}", tok
             )
+        if name not in self.stages and name != self.letter:
+            self.first_use.setdefault(name, tok)
         return sp.Symbol(name)
 
+    def warn_typos(self) -> None:
+        """An `UnrollWarning` for each new parameter one letter edit away from a Greek letter's
+        name (``bta``: β) or from a parameter written before it (``mon`` after ``mom``).
+        Declared parameters, and names that differ in a digit or a subscript (c_1 and c_2,
+        beta1), are left alone."""
+        seen: list[str] = []
+        for name, tok in self.first_use.items():
+            intent = None if name in self.declared else _likely_intent(name, seen)
+            seen.append(name)
+            if intent is not None:
+                message = (
+                    f"{name} is a new parameter, one letter from {intent}: did you mean "
+                    f"{intent.split()[-1].strip('()')}? (declare {name} in the scheme file's "
+                    "parameters if it is meant)"
+                )
+                warnings.warn(str(at(self.text, tok.col, message)), UnrollWarning, stacklevel=3)
 
-def parse(text: str) -> list[sp.Eq]:
+
+def parse(text: str, parameters: Iterable[str] = ()) -> list[sp.Eq]:
     """Parse scheme text into SymPy equations, in order.
 
     States become ``IndexedBase(name)[k + j]``, normalised so that new values sit at ``k + 1``;
-    stages and parameters become ``Symbol``s (see `unroll.ir.vocabulary`).
+    stages and parameters become ``Symbol``s (see `unroll.ir.vocabulary`). ``parameters``: the
+    names a scheme file declares (``alpha`` or ``α``); written before '(' they multiply.
     """
     if not isinstance(text, str):
         raise UnrollError(f"scheme text must be a str, not {type(text).__name__}")
+    declared = frozenset(GREEK.get(name, name) for name in parameters)
     tokens = tokenize(text)
     statements = _split(text, tokens)
     targets = [_target(text, s.lhs) for s in statements]
@@ -667,7 +823,7 @@ def parse(text: str) -> list[sp.Eq]:
         if key in seen:
             raise at(text, t.col, f"{t.name} is computed twice")
         seen[key] = t
-    ctx = _Context(text, targets, letter)
+    ctx = _Context(text, targets, letter, declared)
     clash = ctx.states & ctx.stages
     if clash:
         name = sorted(clash)[0]
@@ -684,4 +840,41 @@ def parse(text: str) -> list[sp.Eq]:
         else:
             lhs = sp.Symbol(target.name)
         equations.append(sp.Eq(lhs, rhs, evaluate=False))
+    ctx.warn_typos()
     return equations
+
+
+def _letters(name: str) -> int:
+    return sum(c.isalpha() for c in name)
+
+
+def _likely_intent(name: str, others: Iterable[str]) -> str | None:
+    """What a parameter ``name`` of three letters or more is one letter edit away from: a
+    Greek letter's name (``"beta (β)"``) or one of ``others`` (``"the parameter mom"``)."""
+    if _letters(name) < 3:
+        return None
+    word = name.lower()
+    greek = [g for g in GREEK if g == word] or [g for g in GREEK if _one_letter_edit(word, g)]
+    if greek:
+        return f"{greek[0]} ({GREEK[greek[0]]})"
+    near = [o for o in others if _letters(o) >= 2 and _one_letter_edit(name, o)]
+    return f"the parameter {near[0]}" if near else None
+
+
+def _one_letter_edit(a: str, b: str) -> bool:
+    """True if one edit of a letter (insert, delete, replace, swap two neighbours) turns ``a``
+    into ``b``; an edit of a digit or '_' does not count (c_1 and c_2 are different names)."""
+    if a == b or abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) == len(b):
+        diff = [i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y]
+        if len(diff) == 1:
+            i = diff[0]
+            return a[i].isalpha() and b[i].isalpha()
+        if len(diff) == 2 and diff[1] == diff[0] + 1:
+            i = diff[0]
+            return a[i] == b[i + 1] and a[i + 1] == b[i] and a[i].isalpha() and b[i].isalpha()
+        return False
+    long, short = (a, b) if len(a) > len(b) else (b, a)
+    i = next((j for j, (x, y) in enumerate(zip(long, short, strict=False)) if x != y), len(short))
+    return long[:i] + long[i + 1 :] == short and long[i].isalpha()

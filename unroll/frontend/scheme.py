@@ -19,8 +19,8 @@ from typing import Any, Literal
 import sympy as sp
 
 from unroll.errors import UnrollError
-from unroll.frontend.parse import GREEK
-from unroll.frontend.printing import equation_latex, equation_text
+from unroll.frontend.parse import GREEK, STEP_NAMES, float64_misfit  # noqa: F401  (the step names, defined where the parser reads them)
+from unroll.frontend.printing import equation_latex, equation_text, expr_text
 from unroll.ir import vocabulary as ir
 
 
@@ -82,9 +82,6 @@ class State:
     scalar: bool = False
 
 
-STEP_NAMES = ("h", "Δt", "dt")  # the parameter names an ODE scheme's step goes by
-
-
 Kind = Literal["optimizer", "ode", "layer"]
 
 
@@ -136,6 +133,7 @@ class Scheme:
         state_names, stages = self._targets(eqs, k)
         set_(self, "stages", tuple(stages))
         self._check_references(eqs, k, state_names, stages)
+        self._check_operator_arguments(eqs, k, state_names, stages)
 
         # History depth: the oldest value of each state that a step reads.
         oldest = {name: 1 for name in state_names}
@@ -230,6 +228,9 @@ class Scheme:
             bad = [n for n in (sp.zoo, sp.oo, -sp.oo, sp.nan) if eq.rhs.has(n)]
             if bad:
                 raise UnrollError(f"a non-finite number {bad[0]} in {equation_text(eq)}")
+            misfit = float64_misfit(eq.rhs)
+            if misfit is not None:
+                raise UnrollError(f"{misfit}, in {equation_text(eq)}")
             for part in sp.preorder_traversal(eq.rhs):
                 if part.is_number and part.is_extended_real is False:
                     raise UnrollError(f"{part} is not a real number, in {equation_text(eq)}")
@@ -238,6 +239,32 @@ class Scheme:
                     raise UnrollError(
                         f"{sym.name} is a state: use it with its index, {sym.name}[{k}]"
                     )
+
+    @staticmethod
+    def _check_operator_arguments(eqs, k, states, stages) -> None:
+        """An operator (∇F, f, φ, W) applied to parameters alone (φ(b), W y, or a stage computed
+        from parameters) has no tensor to act on at run time: an error naming the equation."""
+        constant: set[str] = set()  # stages computed from parameters and numbers alone
+
+        def parameters_only(expr: sp.Basic) -> bool:
+            names = {s.name for s in ir.plain_symbols(expr)}
+            return not ir.state_refs(expr) and not (names & set(stages)) - constant
+
+        for i, eq in enumerate(eqs, 1):
+            for fn in ir.applications(eq.rhs):
+                if ir.operator_kind(fn) in (None, "elementary") or not fn.args:
+                    continue
+                arg = fn.args[-1]  # the operand: x of f(t, x)
+                if parameters_only(arg):
+                    used = sorted(s.name for s in ir.plain_symbols(arg))
+                    what = ", ".join(used) if used else "a number"
+                    raise UnrollError(
+                        f"equation {i}, {equation_text(eq)}: {expr_text(fn)} applies an operator "
+                        f"to {what} alone, which is no tensor when the scheme runs; its argument "
+                        f"must hold a state or a stage computed from one, e.g. {states[0]}_{k}"
+                    )
+            if isinstance(eq.lhs, sp.Symbol) and parameters_only(eq.rhs):
+                constant.add(eq.lhs.name)
 
     @staticmethod
     def _scalar_states(eqs, k, states, stages) -> set[str]:

@@ -27,8 +27,14 @@ ACT = sp.Function("φ")
 _BRANCH = re.compile(r"^[fg](?:_?[0-9]+|[₀-₉]+)?$")
 _LINEAR = re.compile(r"^W(?:_?[0-9]+|[₀-₉]+)?$")
 
-# Elementary functions allowed in scheme text, by the name written there.
-ELEMENTARY = {"sqrt": sp.sqrt, "exp": sp.exp, "log": sp.log, "abs": sp.Abs}
+# Elementary functions allowed in scheme text, by the name written there. Every lowering must
+# print each of them: sqrt is the power x**(1/2), the others the SymPy function classes in
+# `_ELEMENTARY_CLASSES` (sp.exp, sp.log, sp.Abs, sp.sin, sp.cos, sp.tanh).
+ELEMENTARY = {
+    "sqrt": sp.sqrt, "exp": sp.exp, "log": sp.log, "abs": sp.Abs,
+    "sin": sp.sin, "cos": sp.cos, "tanh": sp.tanh,
+}  # fmt: skip
+_ELEMENTARY_CLASSES = (sp.exp, sp.log, sp.Abs, sp.sin, sp.cos, sp.tanh)
 
 
 def index_symbol(letter: str) -> sp.Symbol:
@@ -66,7 +72,7 @@ def operator_kind(fn: sp.Basic) -> str | None:
         if is_linear_name(name):
             return "linear"
         return None
-    if fn.func in (sp.sqrt, sp.exp, sp.log, sp.Abs) or isinstance(fn, (sp.exp, sp.log, sp.Abs)):
+    if isinstance(fn, _ELEMENTARY_CLASSES):
         return "elementary"
     return None
 

@@ -50,6 +50,9 @@ _ELEMENTARY = {
     sp.exp: _elementwise("exp"),
     sp.log: _elementwise("log"),
     sp.Abs: _elementwise("abs"),
+    sp.sin: _elementwise("sin"),
+    sp.cos: _elementwise("cos"),
+    sp.tanh: _elementwise("tanh"),
 }
 
 
