@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 
-from unroll.errors import UnrollError
+from unroll.errors import UnrollError, UnrollWarning
 
 __version__ = "0.1.0"
 
@@ -34,7 +34,7 @@ _LAZY = {
     "parallelize": "unroll.experiments.parallel",
 }
 
-__all__ = ["UnrollError", "__version__", *_LAZY]
+__all__ = ["UnrollError", "UnrollWarning", "__version__", *_LAZY]
 
 
 # Subpackages users reach as attributes (``unroll.nn.staged``), imported on first use.

@@ -15,9 +15,9 @@ import sympy as sp
 import yaml
 
 from unroll.errors import UnrollError, at
-from unroll.frontend import activation_names
 from unroll.frontend.parse import GREEK, parse
 from unroll.frontend.scheme import FrozenMap, Parameter, Scheme
+from unroll.ir import activations
 
 SCHEME_DIR = Path(__file__).resolve().parent / "schemes"
 
@@ -146,7 +146,7 @@ def from_mapping(data: Any, source: str = "<mapping>") -> Scheme:
         _check(f"{source}: references[{i}]", ref, str)
     if "activation" in data:
         try:
-            activation_names.check(data["activation"])
+            activations.get(data["activation"])
         except UnrollError as e:
             raise UnrollError(f"{source}: activation: {e}") from None
     try:

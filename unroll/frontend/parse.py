@@ -46,7 +46,7 @@ from fractions import Fraction
 import sympy as sp
 
 from unroll.errors import UnrollError, UnrollWarning, at
-from unroll.frontend import activation_names
+from unroll.ir import activations
 from unroll.ir import vocabulary as ir
 
 GREEK = {
@@ -362,7 +362,7 @@ def _suggestion(name: str) -> str | None:
         letter = greek.split()[-1].strip("()")
         return f"{letter}(...), the product with {letter}"
     candidates = {fn: f"{fn}(...)" for fn in ir.ELEMENTARY}
-    for act in (*activation_names.FIXED, *activation_names.FAMILIES, *activation_names.ALIASES):
+    for act in activations.SPELLINGS:
         candidates.setdefault(act, f"φ(...) with activation={act!r}")
     word = name.lower()
     # A known name that starts the word (cosine, sinh, relu6) beats a merely similar one.
@@ -648,7 +648,7 @@ class _Parser:
         else nothing, and the parser reads a product. See the module docstring."""
         if name in self.ctx.declared:
             return
-        if activation_names.is_name(name.lower()):
+        if activations.is_name(name.lower()):
             raise self.error(
                 f"{name} is not a function of the scheme language: did you mean φ(...) with "
                 f"activation={name.lower()!r}?",

@@ -117,6 +117,15 @@ def _registry() -> dict[str, Activation]:
     return _REGISTRY
 
 
+def is_name(word: str) -> bool:
+    """True if ``word`` alone (no number) names an activation or a family: relu, elu, arctan."""
+    word = _ALIASES.get(word, word)
+    return word in _FIXED_NAMES or word in _FAMILIES
+
+
+SPELLINGS = (*sorted(_FIXED_NAMES), *_FAMILIES, *_ALIASES)  # every word that names one
+
+
 def names() -> list[str]:
     """Every name `get` accepts, families shown with their parameter: ``"elu(alpha)"``."""
     fams = [f"{name}({param})" for name, (param, _, _) in _FAMILIES.items()]
