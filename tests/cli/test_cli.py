@@ -141,3 +141,11 @@ def test_console_script_runs():
         [sys.executable, "-m", "unroll.cli", "show", "lm_resnet"], capture_output=True, text=True
     )
     assert out.returncode == 0 and "u_<n+1>" in out.stdout
+
+
+def test_show_says_a_network_reads_an_ode_scheme_with_h_1():
+    out = CliRunner().invoke(cli, ["show", "rk4"])
+    assert out.exit_code == 0
+    assert "step: h = 1 in a network" in out.output and "Scheme.run defaults to 0.1" in out.output
+    out = CliRunner().invoke(cli, ["show", "heavy_ball"])
+    assert "step:" not in out.output  # an optimizer's α is no ODE step

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from unroll.frontend.scheme import STEP_NAMES
+
 
 def describe(scheme, activation: str | None = None) -> list[str]:
     """The lines `unroll show` prints for ``scheme`` (its layer with φ = ``activation``)."""
@@ -41,6 +43,14 @@ def describe(scheme, activation: str | None = None) -> list[str]:
         lines.append(f"activation: {scheme.activation}")
     if scheme.startup:
         lines.append(f"start-up scheme: {scheme.startup}")
+    step = next((n for n in STEP_NAMES if n in scheme.parameters), None)
+    if scheme.kind == "ode" and step is not None:
+        run_h = scheme.parameters[step].default
+        given = f"{run_h:g}" if run_h is not None else "none (give it)"
+        lines.append(
+            f"step: {step} = 1 in a network (absorbed into the branches, as ResNet); "
+            f"Scheme.run defaults to {given}"
+        )
     return lines + _network(scheme, activation)
 
 
