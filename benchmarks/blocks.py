@@ -107,6 +107,7 @@ def run(
     import triton.testing
 
     from unroll.frontend.library import schemes
+    from unroll.lowering.triton.block import is_per_channel
     from unroll.lowering.triton.op import block_update, kernel_module
 
     dtype = getattr(torch, dtype_name, None)
@@ -130,7 +131,7 @@ def run(
             shape = (n // CHANNELS, CHANNELS) if block.per_channel else (n,)
             ts = {i.name: torch.randn(shape, device="cuda", dtype=dtype) for i in block.inputs}
             cs = {
-                c.name: torch.rand(CHANNELS if c.per_channel else (), device="cuda")
+                c.name: torch.rand(CHANNELS if is_per_channel(c) else (), device="cuda")
                 for c in block.coefficients
             }
             leaves = [*ts.values(), *cs.values()]
@@ -179,6 +180,7 @@ def _measure(name, block, fns, ts, cs, leaves, gy, n, saved, do_bench) -> list[R
 _FIRST_USE = """
 import sys, time, torch
 from unroll.lowering.triton import op
+from unroll.lowering.triton.block import is_per_channel
 from unroll.frontend.library import schemes
 
 name, device, what = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
@@ -186,7 +188,7 @@ scheme = schemes[name]
 block = op.block_of(scheme)
 shape = (4096, 256)  # 2^20 elements; per-channel coefficients index the 256 columns
 ts = {i.name: torch.randn(shape, device=device) for i in block.inputs}
-cs = {c.name: torch.rand(256 if c.per_channel else (), device=device) for c in block.coefficients}
+cs = {c.name: torch.rand(256 if is_per_channel(c) else (), device=device) for c in block.coefficients}
 eager = op.block_update(scheme, backend="torch")
 fns = {"compile": lambda: torch.compile(lambda t, c: eager(t, c))(ts, cs),
        "unroll": lambda: op.block_update(scheme, backend="triton")(ts, cs)}

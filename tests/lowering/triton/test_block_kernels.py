@@ -21,6 +21,7 @@ pytest.importorskip("triton")
 
 import unroll  # noqa: E402
 from unroll import UnrollError  # noqa: E402
+from unroll.lowering.triton.block import is_per_channel  # noqa: E402
 from unroll.lowering.triton.op import block_update, kernel_module  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -68,7 +69,7 @@ def _values(block, shape, dtype, gen, requires_grad=False, coef_dtype=None):
     }
     cs = {}
     for c in block.coefficients:
-        n = (shape[1] if len(shape) > 1 else shape[0]) if c.per_channel else ()
+        n = (shape[1] if len(shape) > 1 else shape[0]) if is_per_channel(c) else ()
         cs[c.name] = (0.5 * torch.randn(n, generator=gen, dtype=torch.float64)).to(
             coef_dtype or (torch.float64 if dtype == torch.float64 else torch.float32)
         )
@@ -85,11 +86,11 @@ def _sympy_reference(block, ts, cs):
     args = [ts[i.name].detach().double().numpy() for i in block.inputs]
     for c in block.coefficients:
         v = cs[c.name].detach().double().numpy()
-        if c.per_channel and ref.dim() > 1:
+        if is_per_channel(c) and ref.dim() > 1:
             v = v.reshape(-1, *([1] * (ref.dim() - 2)))
         args.append(v)
-    for o in block.outputs:
-        f = sp.lambdify(syms, o.expr, modules=["numpy"])
+    for o, expr in zip(block.outputs, block.expressions, strict=True):
+        f = sp.lambdify(syms, expr, modules=["numpy"])
         out[o.state] = torch.as_tensor(np.broadcast_to(f(*args), ref.shape).copy())
     return out
 
@@ -128,7 +129,7 @@ def test_gradcheck_float64(name):
     block = block_update(unroll.schemes[name], backend="triton").block
     gen = torch.Generator().manual_seed(1)
     ts, cs = _values(block, (2, 3, 1, 3) if block.per_channel else (2, 3), torch.float64, gen, True)
-    update = kernel_module(block.scheme, block.activation).update
+    update = kernel_module(block.ir.scheme, block.activation).update
     if block.activation == "relu":  # keep away from the kink: finite differences straddle it
         for v in ts.values():
             v.data = v.data.abs() + 0.5
@@ -328,7 +329,7 @@ def test_bad_inputs_are_clear_errors():
 
 def test_auto_backend_is_torch_off_cuda():
     op = block_update(unroll.schemes["heavy_ball"])
-    assert op.resolve("cpu") == "torch"
+    assert op.backend_for("cpu") == "torch"
     x = torch.randn(5)
     out = op({"x_k": x, "x_km1": x, "o_0": x}, {"alpha": 0.1, "beta": 0.9})
     torch.testing.assert_close(out["x"], x - 0.1 * x)

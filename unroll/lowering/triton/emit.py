@@ -32,7 +32,14 @@ import sympy as sp
 from unroll import __version__
 from unroll.errors import UnrollError
 from unroll.frontend.printing import expr_text
-from unroll.lowering.triton.block import Block, extract
+from unroll.ir.step import build
+from unroll.lowering.triton.block import (
+    KernelBlock,
+    is_per_channel,
+    kernel_block,
+    leaf_text,
+    origin,
+)
 from unroll.lowering.triton.printer import TritonPrinter, helper_source, prepare
 
 # Bump when the generated text changes for the same block (part of every cache key).
@@ -40,10 +47,10 @@ TEMPLATE_VERSION = 1
 DTYPE = "CDT"  # the compute dtype constexpr in every kernel
 
 
-def scheme_hash(block: Block) -> str:
+def scheme_hash(block: KernelBlock) -> str:
     """sha256 over the canonical scheme: its equations, names, parameter shapes, scalar states
     and the activation's expression. Two schemes with equal hashes get the same kernels."""
-    s = block.scheme
+    s = block.ir.scheme
     parts = [
         s.name,
         str(s),
@@ -58,11 +65,11 @@ def scheme_hash(block: Block) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
-def module_stem(block: Block) -> str:
+def module_stem(block: KernelBlock) -> str:
     """The file and op name stem: the scheme name, made an identifier."""
-    name = block.scheme.name or "scheme"
+    name = block.ir.scheme.name or "scheme"
     stem = re.sub(r"\W", "_", name.encode("ascii", "replace").decode())
-    if block.activation and block.activation != block.scheme.activation:
+    if block.activation and block.activation != block.ir.scheme.activation:
         stem += f"_{block.activation}"
     return stem if not stem[0].isdigit() else f"s_{stem}"
 
@@ -74,7 +81,7 @@ def _cse(exprs: Sequence[sp.Expr]) -> tuple[list[tuple[sp.Symbol, sp.Expr]], lis
     return temps, reduced
 
 
-def _derivatives(block: Block) -> tuple[list[tuple[str, sp.Expr]], dict[str, sp.Symbol]]:
+def _derivatives(block: KernelBlock) -> tuple[list[tuple[str, sp.Expr]], dict[str, sp.Symbol]]:
     """(name, expression) of every gradient the backward computes: 'g_<input>' per element and
     'c_<coefficient>' (the per-element contribution that is then reduced); and the upstream
     gradient symbol of each output."""
@@ -82,11 +89,11 @@ def _derivatives(block: Block) -> tuple[list[tuple[str, sp.Expr]], dict[str, sp.
     grads: list[tuple[str, sp.Expr]] = []
     for leaf in [*block.inputs, *block.coefficients]:
         total = sp.S.Zero
-        for o in block.outputs:
-            d = sp.diff(o.expr, leaf.symbol)
+        for o, e in zip(block.outputs, block.expressions, strict=True):
+            d = sp.diff(e, leaf.symbol)
             if d.has(sp.Derivative, sp.Subs):
                 raise UnrollError(
-                    f"cannot differentiate {expr_text(o.eager)} by {leaf.name} in closed form"
+                    f"cannot differentiate {expr_text(o.expr)} by {leaf.name} in closed form"
                 )
             total += upstream[o.name] * d
         prefix = "g" if leaf in block.inputs else "c"
@@ -94,10 +101,10 @@ def _derivatives(block: Block) -> tuple[list[tuple[str, sp.Expr]], dict[str, sp.
     return grads, upstream
 
 
-def _loads(block: Block, tensors: Sequence[str], pad: str) -> list[str]:
+def _loads(block: KernelBlock, tensors: Sequence[str], pad: str) -> list[str]:
     lines = [f"{pad}{n} = tl.load({n}_ptr + offs, mask=mask).to({DTYPE})" for n in tensors]
     for c in block.coefficients:
-        if c.per_channel:
+        if is_per_channel(c):
             lines += [
                 f"{pad}if CHANNEL_ROWS:",
                 f"{pad}    {c.name} = tl.load({c.name}_ptr + rows % C, mask=rows < M)[:, None].to({DTYPE})",
@@ -128,8 +135,8 @@ _VIEW_ARGS = """\
 
 
 def _coef_comment(c) -> str:
-    shape = "C elements, one per channel" if c.per_channel else "1 element"
-    return f"{c.name}_ptr,  # in: {expr_text(c.ref)} ({c.source}), {shape}"
+    shape = "C elements, one per channel" if is_per_channel(c) else "1 element"
+    return f"{c.name}_ptr,  # in: {expr_text(c.ref)} ({origin(c)}), {shape}"
 
 
 def _full(expr: sp.Expr, tensors: set[sp.Symbol], code: str) -> str:
@@ -139,12 +146,12 @@ def _full(expr: sp.Expr, tensors: set[sp.Symbol], code: str) -> str:
     return f"({code}) + tl.zeros([BLOCK_M, BLOCK_K], {DTYPE})"
 
 
-def _forward_kernel(block: Block, stem: str, printer: TritonPrinter) -> str:
+def _forward_kernel(block: KernelBlock, stem: str, printer: TritonPrinter) -> str:
     names = [i.name for i in block.inputs]
-    sig = [f"    {i.name}_ptr,  # in: {i.text}" for i in block.inputs]
+    sig = [f"    {i.name}_ptr,  # in: {leaf_text(i)}" for i in block.inputs]
     sig += [f"    {_coef_comment(c)}" for c in block.coefficients]
     sig += [f"    out_{o.name}_ptr,  # out: {o.state}'s new value" for o in block.outputs]
-    temps, reduced = _cse([o.expr for o in block.outputs])
+    temps, reduced = _cse(block.expressions)
     tensors = {i.symbol for i in block.inputs}
     body = _loads(block, names, "    ")
     for sym, e in temps:
@@ -168,19 +175,23 @@ def _forward_kernel(block: Block, stem: str, printer: TritonPrinter) -> str:
     )
 
 
-def _backward_kernel(block: Block, stem: str, printer: TritonPrinter) -> tuple[str, list[str]]:
+def _backward_kernel(
+    block: KernelBlock, stem: str, printer: TritonPrinter
+) -> tuple[str, list[str]]:
     grads, upstream = _derivatives(block)
     temps, reduced = _cse([g for _, g in grads])
     read = set().union(*(e.free_symbols for _, e in temps), *(e.free_symbols for e in reduced))
     saved = [i.name for i in block.inputs if i.symbol in read]
     sig = [f"    gy_{o.name}_ptr,  # in: dL/d {o.state}'s new value" for o in block.outputs]
-    sig += [f"    {i.name}_ptr,  # in: {i.text} (saved)" for i in block.inputs if i.name in saved]
+    sig += [
+        f"    {i.name}_ptr,  # in: {leaf_text(i)} (saved)" for i in block.inputs if i.name in saved
+    ]
     sig += [f"    {_coef_comment(c)}" for c in block.coefficients]
     sig += [f"    g_{i.name}_ptr,  # out: dL/d {i.name}, when NEED_{i.name}" for i in block.inputs]
     for c in block.coefficients:
         what = (
             "(programs along the other axis, M or K) sums per row (CHANNEL_ROWS) or column"
-            if c.per_channel
+            if is_per_channel(c)
             else "one sum per program"
         )
         sig.append(f"    c_{c.name}_ptr,  # out: partial sums of dL/d {c.name}: {what}")
@@ -204,7 +215,7 @@ def _backward_kernel(block: Block, stem: str, printer: TritonPrinter) -> tuple[s
             )
             continue
         body.append(f"        part = tl.where(mask, {code}, 0)")
-        if coef[name].per_channel:
+        if is_per_channel(coef[name]):
             body += [
                 "        if CHANNEL_ROWS:",
                 f"            tl.store({name}_ptr + (pid % GRID_K).to(tl.int64) * M + rows, tl.sum(part, axis=1), mask=rows < M)",
@@ -231,7 +242,7 @@ def _tuple(items: Sequence[str]) -> str:
     return "(" + ", ".join(repr(x) for x in items) + ("," if len(items) == 1 else "") + ")"
 
 
-def source(block: Block) -> str:
+def source(block: KernelBlock) -> str:
     """The kernel module of ``block`` as text (see the module docstring for its shape)."""
     stem = module_stem(block)
     h = scheme_hash(block)
@@ -246,15 +257,15 @@ def source(block: Block) -> str:
     implements = "\n".join(f"    {line}" for line in block.equations_text())
     if block.activation:
         implements += f"\n    with φ = {block.activation}"
-    calls = "\n".join(f"    {c.text()}" for c in block.calls) or "    (none)"
+    calls = "\n".join(f"    {c.text()}" for c in block.ir.calls) or "    (none)"
     shapes = "\n".join(
         f"        {i.name}: the state shape, (N, C, *spatial) or (N, C) or any shape"
         + ("" if block.per_channel else "")
-        + f" -- {i.text}"
+        + f" -- {leaf_text(i)}"
         for i in block.inputs
     )
     cshapes = "\n".join(
-        f"        {c.name}: {'C values (a (C,) tensor, or any shape of C elements)' if c.per_channel else 'a number or a 1-element tensor'}"
+        f"        {c.name}: {'C values (a (C,) tensor, or any shape of C elements)' if is_per_channel(c) else 'a number or a 1-element tensor'}"
         f" -- {expr_text(c.ref)}"
         for c in block.coefficients
     )
@@ -266,10 +277,10 @@ def source(block: Block) -> str:
         x for x in (gy_sig, saved_sig, ", ".join(f"{n}: torch.Tensor" for n in coefs)) if x
     )
     text = f'''\
-# unroll kernel module for scheme {block.scheme.name!r}
+# unroll kernel module for scheme {block.ir.scheme.name!r}
 # scheme sha256: {h}
 # unroll {__version__}, template {TEMPLATE_VERSION}; generated by unroll (`unroll emit`), do not edit.
-"""Fused block update of scheme {block.scheme.name!r}: one Triton kernel forward, one backward.
+"""Fused block update of scheme {block.ir.scheme.name!r}: one Triton kernel forward, one backward.
 
 Implements, per element (the coefficients are the same for every element, or every element of
 one channel):
@@ -282,11 +293,11 @@ import torch
 import triton
 import triton.language as tl
 
-SCHEME = {block.scheme.name!r}
+SCHEME = {block.ir.scheme.name!r}
 SCHEME_HASH = {h!r}
 INPUTS = {_tuple(ins)}  # tensors, all of one shape
 COEFFICIENTS = {_tuple(coefs)}
-PER_CHANNEL = {_tuple([c.name for c in block.coefficients if c.per_channel])}
+PER_CHANNEL = {_tuple([c.name for c in block.coefficients if is_per_channel(c)])}
 OUTPUTS = {_tuple(outs)}  # new values of the states {_tuple([o.state for o in block.outputs])}
 SAVED = {_tuple(saved)}  # the inputs the backward reads
 TILE = 4096  # elements per program
@@ -457,7 +468,7 @@ _register()
 
 
 def update({sig}):
-    """The new states of {block.scheme.name!r}, fused: returns {{{", ".join(f"{o.state!r}: tensor" for o in block.outputs)}}}.
+    """The new states of {block.ir.scheme.name!r}, fused: returns {{{", ".join(f"{o.state!r}: tensor" for o in block.outputs)}}}.
 
     Shapes (all tensors on one device, of one float dtype; float16 and bfloat16 compute in
     float32; non-contiguous inputs are copied to contiguous, or channels-last, memory):
@@ -491,13 +502,13 @@ def _tidy(text: str) -> str:
     return "\n".join(out).strip("\n") + "\n"
 
 
-def emit(scheme, activation: str | None = None) -> tuple[Block, str]:
+def emit(scheme, activation: str | None = None) -> tuple[KernelBlock, str]:
     """(block, module source) for ``scheme``."""
-    block = extract(scheme, activation)
+    block = kernel_block(build(scheme), activation)
     return block, source(block)
 
 
-def write(scheme, directory: str | Path, activation: str | None = None) -> tuple[Block, Path]:
+def write(scheme, directory: str | Path, activation: str | None = None) -> tuple[KernelBlock, Path]:
     """Write the kernel module of ``scheme`` to ``directory/<scheme>.py`` (atomically);
     returns the block and the path."""
     from unroll.lowering.cache import write_atomic

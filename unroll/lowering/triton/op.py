@@ -3,25 +3,30 @@
 ``block_update(scheme, activation, backend) -> BlockUpdate``; calling it with the block's input
 tensors and coefficient values returns the new states. ``backend="triton"`` runs the generated
 module's ``torch.library`` op (`kernel_module`: generated once, cached on disk, imported from
-the file), ``"torch"`` the eager lowering (`Block.eager`), ``"auto"`` Triton on CUDA tensors
-when Triton is installed and PyTorch elsewhere.
+the file), ``"torch"`` the IR's updates evaluated by PyTorch (`eager`), ``"auto"`` Triton on
+CUDA tensors when Triton is installed and PyTorch elsewhere.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Literal
 
-import sympy as sp
 import torch
+from torch._C import _functorch
+from torch.autograd import forward_ad
 
 from unroll.errors import UnrollError
 from unroll.frontend.scheme import Scheme
+from unroll.ir import activations
+from unroll.ir import vocabulary as vocab
+from unroll.ir.step import build
 from unroll.lowering import cache
-from unroll.lowering.triton.block import Block, extract
+from unroll.lowering.eager.evaluate import evaluate
+from unroll.lowering.triton.block import KernelBlock, is_per_channel, kernel_block
 from unroll.lowering.triton.emit import TEMPLATE_VERSION, module_stem, scheme_hash, source
 
 Backend = Literal["auto", "torch", "triton"]
@@ -29,12 +34,12 @@ BACKENDS = ("auto", "torch", "triton")
 
 
 @functools.cache
-def block_of(scheme: Scheme, activation: str | None = None) -> Block:
-    """`unroll.lowering.triton.block.extract`, memoised (schemes are frozen values)."""
-    return extract(scheme, activation)
+def block_of(scheme: Scheme, activation: str | None = None) -> KernelBlock:
+    """The kernel view of ``scheme``'s step IR (`unroll.lowering.triton.block.kernel_block`)."""
+    return kernel_block(build(scheme), activation)
 
 
-def cache_key(block: Block) -> str:
+def cache_key(block: KernelBlock) -> str:
     """The disk-cache key of the block's module: the canonical scheme's hash, the template
     version and the unroll/torch/triton versions. The dtype is not part of it: one module
     serves every dtype (the kernels take the compute dtype as a compile-time argument)."""
@@ -59,17 +64,34 @@ def _triton_ok(device_type: str) -> bool:
     return device_type == "cuda" or bool(triton.knobs.runtime.interpret)
 
 
+def eager(block: KernelBlock, tensors: Sequence[Any], coefficients: Sequence[Any]) -> tuple:
+    """The outputs of ``block`` by PyTorch: its IR updates evaluated
+    (`unroll.lowering.eager.evaluate`) with φ the activation's torch function. ``tensors`` in
+    ``block.inputs`` order (one shape), ``coefficients`` in ``block.coefficients`` order: a
+    number, a 0-d tensor, or for a per-channel one C values, broadcast over dimension 1 as in
+    NCHW and (N, C)."""
+    env: dict[Any, Any] = {i.symbol: t for i, t in zip(block.inputs, tensors, strict=True)}
+    ref = tensors[0]
+    for c, value in zip(block.coefficients, coefficients, strict=True):
+        if is_per_channel(c) and isinstance(value, torch.Tensor) and ref.dim() > 1:
+            value = value.reshape(-1, *([1] * (ref.dim() - 2)))
+        env[c.symbol] = value
+    ops = {vocab.ACT.__name__: activations.get(block.activation).torch} if block.activation else {}
+    return tuple(evaluate(o.expr, env, ops) for o in block.outputs)
+
+
 @dataclass(frozen=True)
 class BlockUpdate:
     """One step's elementwise update of a scheme: ``update(tensors, coefficients)`` -> new
     states by state name. ``tensors`` maps the block's input names (``x_k``, ``x_km1``,
     ``o_0``: see ``block.inputs``) to tensors of one shape; ``coefficients`` maps coefficient
-    names (``beta`` or ``β``) to numbers or tensors (per channel: C values)."""
+    names (``beta`` or ``β``) to numbers or tensors (per channel: C values); a parameter left
+    out takes the scheme's default."""
 
-    block: Block
+    block: KernelBlock
     backend: Backend = "auto"
 
-    def resolve(self, device_type: str) -> str:
+    def backend_for(self, device_type: str) -> str:
         """The backend that runs for tensors on ``device_type``."""
         if self.backend == "auto":
             return "triton" if device_type == "cuda" and _triton_ok(device_type) else "torch"
@@ -82,49 +104,51 @@ class BlockUpdate:
         missing = [i.name for i in b.inputs if i.name not in tensors]
         if missing:
             raise UnrollError(
-                f"block update of {b.scheme.name!r}: no tensor for input {missing[0]} "
+                f"block update of {b.ir.label!r}: no tensor for input {missing[0]} "
                 f"(inputs: {', '.join(i.name for i in b.inputs)})"
             )
-        coefs = _coefficients(b, coefficients or {})
-        ref = tensors[b.inputs[0].name]
-        if self.resolve(ref.device.type) == "torch":
-            return b.eager(tensors, coefs)
-        if _forward_mode([*tensors.values(), *coefs.values()]):
-            if self.backend == "auto":
-                return b.eager(tensors, coefs)
+        ts = [tensors[i.name] for i in b.inputs]
+        cs = _coefficients(b, coefficients or {})
+        if self.backend_for(ts[0].device.type) == "torch" or (
+            self.backend == "auto" and forward_mode([*ts, *cs])
+        ):
+            return dict(zip(b.states, eager(b, ts, cs), strict=True))
+        if forward_mode([*ts, *cs]):
             raise UnrollError(
                 "backend='triton' has no forward-mode rule (torch.func.jvp, forward AD): its "
                 "tangents would be zero; use backend='auto' or 'torch' there"
             )
-        if not _triton_ok(ref.device.type):
+        if not _triton_ok(ts[0].device.type):
             raise UnrollError(
                 "backend='triton' runs on CUDA tensors (or on the CPU with TRITON_INTERPRET=1)"
             )
-        module = kernel_module(b.scheme, b.activation)
+        module = kernel_module(b.ir.scheme, b.activation)
+        names = (*module.INPUTS, *module.COEFFICIENTS)
+        kwargs = dict(zip(names, [*ts, *cs], strict=True))
         try:
-            return module.update(
-                *[tensors[i.name] for i in b.inputs], *[coefs[c.name] for c in b.coefficients]
-            )
+            return module.update(**kwargs)
         except UnrollError:
             raise
         except ValueError as e:  # the module's own checks (shapes, coefficient sizes)
-            raise UnrollError(f"block update of {b.scheme.name!r}: {e}") from None
+            raise UnrollError(f"block update of {b.ir.label!r}: {e}") from None
 
 
-def _coefficients(block: Block, given: Mapping[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    defaults = block.scheme.defaults()
+def _coefficients(block: KernelBlock, given: Mapping[str, Any]) -> list[Any]:
+    """The value of each coefficient of ``block``, in order: given by its kernel name or its
+    scheme name, else the scheme's default."""
+    out: list[Any] = []
+    defaults = block.ir.scheme.defaults()
     for c in block.coefficients:
         scheme_name = getattr(c.ref, "name", c.name)
         if c.name in given:
-            out[c.name] = given[c.name]
+            out.append(given[c.name])
         elif scheme_name in given:
-            out[c.name] = given[scheme_name]
+            out.append(given[scheme_name])
         elif scheme_name in defaults:
-            out[c.name] = defaults[scheme_name]
+            out.append(defaults[scheme_name])
         else:
             raise UnrollError(
-                f"block update of {block.scheme.name!r}: no value for coefficient {scheme_name}"
+                f"block update of {block.ir.label!r}: no value for coefficient {scheme_name}"
             )
     return out
 
@@ -138,19 +162,16 @@ def block_update(
     return BlockUpdate(block_of(scheme, activation), backend)
 
 
-def _forward_mode(tensors: Any) -> bool:
+def forward_mode(values: Sequence[Any]) -> bool:
     """True inside a torch.func transform or with forward-AD dual tensors: the custom op has no
     forward-mode rule there, and torch would give it zero tangents without a word."""
     if torch.compiler.is_compiling():
         return False
-    from torch._C import _functorch
-    from torch.autograd import forward_ad
-
     if _functorch.peek_interpreter_stack() is not None:
         return True
     return any(
         isinstance(t, torch.Tensor) and forward_ad.unpack_dual(t).tangent is not None
-        for t in tensors
+        for t in values
     )
 
 
@@ -160,63 +181,51 @@ def network_update(
     backend: Backend,
     call_ops: tuple[str, ...],
     history: Mapping[str, Any],
-    outputs: Any,
+    outputs: Sequence[Any],
     coefficients: Mapping[str, Any],
     n: int = 0,
 ) -> dict[str, Any] | None:
     """The fused block update for `unroll.lowering.nn` (`Block.update`'s arguments: ``history``
-    {state: (x_k, x_<k-1>, ...)}, ``outputs`` in program-call order, ``coefficients``
-    {parameter: tensor}); None when ``backend`` resolves to PyTorch for these tensors (the
-    caller then runs its eager update). ``call_ops``: the program's operator names in call
-    order, checked against the block's so outputs are matched by position."""
+    {state: (x_k, x_<k-1>, ...)}, ``outputs`` the values of ``build(form).calls`` in order,
+    ``coefficients`` {parameter: tensor}); None when ``backend`` resolves to PyTorch for these
+    tensors (the caller then runs its eager update). ``call_ops`` is not read: the outputs are
+    the IR's calls by construction (kept until `unroll.lowering.nn` calls `block_kernel`)."""
+    if backend == "torch":
+        return None
     ref = next(iter(outputs), None)
     if ref is None:
         ref = next(v[0] for v in history.values() if v[0].dim() > 0)
-    if backend == "auto" and (ref.device.type != "cuda" or activation is None and _uses_act(form)):
+    if backend == "auto" and ref.device.type != "cuda":
         return None
-    if backend == "torch":
+    ir = build(form)
+    named = activation is not None or not ir.uses_activation
+    if backend == "auto" and not named:
         return None
-    if _uses_act(form) and activation is None:
+    if not named:
         raise UnrollError(
             "backend='triton' needs the activation by name (a callable has no kernel)"
         )
     op = block_update(form, activation, backend)
-    b = op.block
-    if tuple(c.op for c in b.calls) != tuple(call_ops):
-        if backend == "auto":
-            return None
-        raise UnrollError(
-            f"scheme {form.name!r}: the kernel's operator calls {[c.op for c in b.calls]} "
-            f"differ from the network's {list(call_ops)}"
-        )
-    from unroll.lowering.eager.evaluate import evaluate
-
-    env: dict[Any, Any] = {}
-    for name, values in history.items():
-        for j, v in enumerate(values):
-            env[form.state_value(name, -j)] = v
-    for name, v in coefficients.items():
-        env[sp.Symbol(name)] = v
     h = coefficients.get("h")
-    env[form.index] = n
-    from unroll.ir import vocabulary as ir
-
-    env[ir.T] = n * h if h is not None else n
+    env: dict[Any, Any] = {}
+    for leaf in ir.history:
+        env[leaf.symbol] = history[leaf.state][leaf.lag]
+    for c in ir.coefficients:
+        if c.source == "parameter":
+            env[c.symbol] = coefficients[c.ref.name]
+    for c in ir.coefficients:
+        if c.source == "index":
+            env[c.symbol] = n
+        elif c.source == "time":
+            env[c.symbol] = n * h if h is not None else n
     new: dict[str, Any] = {}
-    for eq in b.host:  # scalar states and their stages, on the host
-        env[eq.lhs] = evaluate(eq.rhs, env, {})
-        if isinstance(eq.lhs, sp.Indexed):
-            new[eq.lhs.base.label.name] = env[eq.lhs]
-    by_symbol = {c.symbol: v for c, v in zip(b.calls, outputs, strict=True)}
-    tensors = {i.name: by_symbol[i.symbol] if i.kind == "output" else env[i.ref] for i in b.inputs}
-    coefs = {c.name: env[c.ref] for c in b.coefficients}
-    new.update(op(tensors, coefs))
+    for a in ir.host:  # scalar states and their stages, on the host
+        env[a.symbol] = evaluate(a.expr, env, {})
+        if a.state is not None:
+            new[a.state] = env[a.symbol]
+    for c, value in zip(ir.calls, outputs, strict=True):
+        env[c.symbol] = value
+    b = op.block
+    tensors = {i.name: env[i.symbol] for i in b.inputs}
+    new.update(op(tensors, {c.name: env[c.symbol] for c in b.coefficients}))
     return new
-
-
-def _uses_act(form: Scheme) -> bool:
-    from unroll.ir import vocabulary as ir
-
-    return any(
-        ir.operator_kind(f) == "act" for eq in form.equations for f in ir.applications(eq.rhs)
-    )
