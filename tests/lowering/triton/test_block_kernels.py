@@ -21,8 +21,9 @@ pytest.importorskip("triton")
 
 import unroll  # noqa: E402
 from unroll import UnrollError  # noqa: E402
+from unroll.ir.step import build  # noqa: E402
 from unroll.lowering.triton.block import is_per_channel  # noqa: E402
-from unroll.lowering.triton.op import block_update, kernel_module  # noqa: E402
+from unroll.lowering.triton.op import block_kernel, block_update, kernel_module  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SCHEMES = sorted(unroll.schemes)
@@ -407,3 +408,49 @@ def test_more_than_2_to_the_31_elements_on_gpu():
     torch.testing.assert_close(out[:3], torch.full((3,), 2.0, dtype=torch.float16, device="cuda"))
     want = 1 + 0.5 * torch.arange(5, dtype=torch.float16, device="cuda")
     torch.testing.assert_close(out[-5:], want)  # exact: small halves and integers in float16
+
+
+# -- the contract with unroll.lowering.nn: block_kernel(ir, activation) ------------------------
+def test_block_kernel_reads_ir_leaves_in_order_and_returns_the_updates():
+    """heavy ball: x_<k+1> = x_k + β(x_k − x_<k-1>) − α o_0, written out by hand in float64."""
+    ir = build(unroll.schemes["heavy_ball"])
+    kernel = block_kernel(ir)
+    assert block_kernel(ir) is kernel and kernel.ir is ir
+    assert [i.name for i in kernel.inputs] == ["x_k", "x_km1", "o_0"]
+    assert [c.name for c in kernel.coefficients] == ["alpha", "beta"]
+    assert kernel.outputs == ir.updates
+    assert all(any(leaf is x for x in (*ir.history, *ir.calls)) for leaf in kernel.inputs)
+    gen = torch.Generator().manual_seed(5)
+    x, xp, g = (torch.randn(4, 7, generator=gen, dtype=torch.float64) for _ in range(3))
+    (new,) = kernel([x, xp, g], [0.1, torch.tensor(0.9, dtype=torch.float64)])
+    torch.testing.assert_close(new, x + 0.9 * (x - xp) - 0.1 * g, rtol=1e-12, atol=1e-12)
+
+
+def test_calling_a_block_kernel_neither_prints_nor_hashes_nor_loads(monkeypatch):
+    """Everything a call needs is resolved by block_kernel, once: a call builds no view,
+    prints no source, hashes no scheme and touches no cache."""
+    from unroll.lowering import cache
+    from unroll.lowering.triton import block, emit, op
+
+    kernel = block_kernel(build(unroll.schemes["hb_net"]))
+
+    def boom(*args, **kwargs):
+        raise AssertionError("called during a kernel call")
+
+    for module, name in [
+        (op, "build"), (op, "kernel_block"), (op, "scheme_hash"), (op, "cache_key"),
+        (op, "source"), (op, "_load"), (emit, "scheme_hash"), (emit, "source"),
+        (block, "kernel_block"), (cache, "load"), (cache, "key"), (cache, "versions"),
+    ]:  # fmt: skip
+        monkeypatch.setattr(module, name, boom)
+    x = torch.randn(2, 3)
+    for _ in range(3):
+        (out,) = kernel([x, x, x], [0.5, torch.zeros(3)])
+        torch.testing.assert_close(out, torch.relu(x))  # β(x − x) = 0, b = 0
+
+
+def test_block_kernel_refuses_forward_mode():
+    kernel = block_kernel(build(unroll.schemes["forward_euler"]))
+    x, v = torch.randn(2, 4), torch.randn(2, 4)
+    with pytest.raises(UnrollError, match="no forward-mode rule"):
+        torch.func.jvp(lambda o: kernel([x, o], [1.0])[0], (x,), (v,))

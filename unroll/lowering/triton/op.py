@@ -1,10 +1,15 @@
 """The block update as one call, on the backend asked for: the generated Triton op or PyTorch.
 
-``block_update(scheme, activation, backend) -> BlockUpdate``; calling it with the block's input
-tensors and coefficient values returns the new states. ``backend="triton"`` runs the generated
-module's ``torch.library`` op (`kernel_module`: generated once, cached on disk, imported from
-the file), ``"torch"`` the IR's updates evaluated by PyTorch (`eager`), ``"auto"`` Triton on
-CUDA tensors when Triton is installed and PyTorch elsewhere.
+``block_kernel(ir, activation) -> BlockKernel``: the fused update of one step IR, its generated
+module loaded once; what `unroll.lowering.nn` calls in every block. The caller computes the
+operator calls and host values and passes tensors and coefficients in the kernel's order.
+
+``block_update(scheme, activation, backend) -> BlockUpdate``, for direct use: calling it with
+the block's input tensors and coefficient values by name returns the new states.
+``backend="triton"`` runs the generated module's ``torch.library`` op (`kernel_module`:
+generated once, cached on disk, imported from the file), ``"torch"`` the IR's updates evaluated
+by PyTorch (`eager`), ``"auto"`` Triton on CUDA tensors when Triton is installed and PyTorch
+elsewhere.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from unroll.errors import UnrollError
 from unroll.frontend.scheme import Scheme
 from unroll.ir import activations
 from unroll.ir import vocabulary as vocab
-from unroll.ir.step import build
+from unroll.ir.step import Assign, Leaf, StepIR, build
 from unroll.lowering import cache
 from unroll.lowering.eager.evaluate import evaluate
 from unroll.lowering.triton.block import KernelBlock, is_per_channel, kernel_block
@@ -46,14 +51,59 @@ def cache_key(block: KernelBlock) -> str:
     return cache.key(scheme_hash(block), TEMPLATE_VERSION, *cache.versions())
 
 
-def kernel_module(scheme: Scheme, activation: str | None = None) -> ModuleType:
-    """The generated kernel module of ``scheme``: from the disk cache, generated when missing."""
+def _load(block: KernelBlock) -> ModuleType:
     try:
         import triton  # noqa: F401
     except ImportError:  # pragma: no cover - exercised where Triton is absent
         raise UnrollError("backend='triton' needs Triton: pip install 'unroll[triton]'") from None
-    block = block_of(scheme, activation)
     return cache.load(module_stem(block), cache_key(block), lambda: source(block))
+
+
+def kernel_module(scheme: Scheme, activation: str | None = None) -> ModuleType:
+    """The generated kernel module of ``scheme``: from the disk cache, generated when missing."""
+    return _load(block_of(scheme, activation))
+
+
+@dataclass(frozen=True, eq=False)
+class BlockKernel:
+    """The fused block update of one step IR with one activation, its module loaded once.
+
+    ``kernel(tensors, coefficients) -> outputs``: ``tensors`` the values of ``inputs`` (IR
+    history values and calls; one shape, dtype and device), ``coefficients`` those of
+    ``coefficients`` (IR parameters, host values, t, k: numbers, 0-d tensors, or C values for a
+    per-channel one), both in that order; returns the new values of ``outputs`` (IR updates),
+    in order, shaped like the tensors. Differentiable in every tensor and coefficient;
+    forward mode (torch.func.jvp, forward AD) is refused, the op having no rule for it."""
+
+    ir: StepIR
+    inputs: tuple[Leaf, ...]
+    coefficients: tuple[Leaf, ...]
+    outputs: tuple[Assign, ...]
+    view: KernelBlock
+    module: ModuleType
+
+    def __call__(
+        self, tensors: Sequence[torch.Tensor], coefficients: Sequence[torch.Tensor | float]
+    ) -> tuple[torch.Tensor, ...]:
+        if forward_mode([*tensors, *coefficients]):
+            raise UnrollError(
+                "backend='triton' has no forward-mode rule (torch.func.jvp, forward AD): its "
+                "tangents would be zero; use backend='auto' or 'torch' there"
+            )
+        try:
+            out = self.module.update(*tensors, *coefficients)
+        except ValueError as e:  # the module's own checks (shapes, coefficient sizes)
+            raise UnrollError(f"block update of {self.ir.label!r}: {e}") from None
+        return tuple(out[s] for s in self.view.states)
+
+
+@functools.lru_cache(maxsize=256)
+def block_kernel(ir: StepIR, activation: str | None = None) -> BlockKernel:
+    """The `BlockKernel` of ``ir`` with ``activation`` as φ (default: the scheme's); memoised,
+    so its module is generated, hashed and loaded once per process. Raises `UnrollError` where
+    there is no kernel (see `kernel_block`) or no Triton."""
+    view = kernel_block(ir, activation)
+    return BlockKernel(ir, view.inputs, view.coefficients, view.outputs, view, _load(view))
 
 
 def _triton_ok(device_type: str) -> bool:
@@ -113,24 +163,12 @@ class BlockUpdate:
             self.backend == "auto" and forward_mode([*ts, *cs])
         ):
             return dict(zip(b.states, eager(b, ts, cs), strict=True))
-        if forward_mode([*ts, *cs]):
-            raise UnrollError(
-                "backend='triton' has no forward-mode rule (torch.func.jvp, forward AD): its "
-                "tangents would be zero; use backend='auto' or 'torch' there"
-            )
-        if not _triton_ok(ts[0].device.type):
+        if not _triton_ok(ts[0].device.type) and not forward_mode([*ts, *cs]):
             raise UnrollError(
                 "backend='triton' runs on CUDA tensors (or on the CPU with TRITON_INTERPRET=1)"
             )
-        module = kernel_module(b.ir.scheme, b.activation)
-        names = (*module.INPUTS, *module.COEFFICIENTS)
-        kwargs = dict(zip(names, [*ts, *cs], strict=True))
-        try:
-            return module.update(**kwargs)
-        except UnrollError:
-            raise
-        except ValueError as e:  # the module's own checks (shapes, coefficient sizes)
-            raise UnrollError(f"block update of {b.ir.label!r}: {e}") from None
+        kernel = block_kernel(b.ir, b.activation)
+        return dict(zip(b.states, kernel(ts, cs), strict=True))
 
 
 def _coefficients(block: KernelBlock, given: Mapping[str, Any]) -> list[Any]:
@@ -205,7 +243,6 @@ def network_update(
         raise UnrollError(
             "backend='triton' needs the activation by name (a callable has no kernel)"
         )
-    op = block_update(form, activation, backend)
     h = coefficients.get("h")
     env: dict[Any, Any] = {}
     for leaf in ir.history:
@@ -213,8 +250,7 @@ def network_update(
     for c in ir.coefficients:
         if c.source == "parameter":
             env[c.symbol] = coefficients[c.ref.name]
-    for c in ir.coefficients:
-        if c.source == "index":
+        elif c.source == "index":
             env[c.symbol] = n
         elif c.source == "time":
             env[c.symbol] = n * h if h is not None else n
@@ -225,7 +261,11 @@ def network_update(
             new[a.state] = env[a.symbol]
     for c, value in zip(ir.calls, outputs, strict=True):
         env[c.symbol] = value
-    b = op.block
-    tensors = {i.name: env[i.symbol] for i in b.inputs}
-    new.update(op(tensors, {c.name: env[c.symbol] for c in b.coefficients}))
+    kernel = block_kernel(ir, activation)
+    tensors = [env[i.symbol] for i in kernel.inputs]
+    coefs = [env[c.symbol] for c in kernel.coefficients]
+    if backend == "auto" and forward_mode([*tensors, *coefs]):
+        return None  # the eager update has a forward-mode rule
+    values = kernel(tensors, coefs)
+    new.update({str(o.state): v for o, v in zip(kernel.outputs, values, strict=True)})
     return new
