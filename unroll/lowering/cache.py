@@ -21,6 +21,9 @@ from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
+import torch
+
+from unroll import __version__
 from unroll.errors import UnrollError
 
 _FOOTER = "# unroll content sha256: "
@@ -48,10 +51,6 @@ def key(*parts: object) -> str:
 
 def versions() -> tuple[str, str, str]:
     """(unroll, torch, triton) versions: part of every key."""
-    import torch
-
-    from unroll import __version__
-
     try:
         import triton
 

@@ -235,8 +235,8 @@ def test_coefficient_values_are_arguments_not_compile_time_constants(monkeypatch
 
         return Spy()
 
-    for k in ("hb_net_fwd_kernel", "hb_net_bwd_kernel"):
-        monkeypatch.setattr(module, k, spy(getattr(module, k)))
+    for k in ("forward_kernel", "backward_kernel"):  # what the shared runtime launches
+        monkeypatch.setattr(module.OP, k, spy(getattr(module.OP, k)))
     x = torch.randn(4, 3, 5, requires_grad=True)
     for beta in (0.5, -0.25):
         b = torch.full((3,), beta, requires_grad=True)

@@ -1,15 +1,17 @@
 """Block update -> a Triton kernel module (source text), and writing it.
 
-``source(block) -> str``. Every generated module has one shape:
+``source(block) -> str``. A generated module holds only what its scheme decides:
 
-1. a header naming the scheme, its hash and the unroll version;
-2. ``@triton.jit`` helpers the printer used, the forward kernel and the backward kernel, every
-   pointer argument commented;
-3. the launchers (``_forward``, ``_backward``): layout, block sizes, grid, partial sums;
-4. the ``torch.library`` custom ops ``unroll::<scheme>_<hash>_fwd`` / ``_bwd`` with fake
-   (meta) implementations and the autograd formula (``register_autograd``: PyTorch's
-   autograd.Function for custom ops), so torch.compile and torch.export see one op;
-5. one public entry point, ``update``, whose docstring gives the shapes.
+1. a header naming the scheme, its hash and the unroll and template versions, and a docstring
+   with the equations it implements;
+2. the scheme's names: its inputs, coefficients (and which are per channel), outputs, states
+   and the inputs the backward reads;
+3. the ``@triton.jit`` helpers the printer used, the forward kernel and the backward kernel,
+   every argument commented;
+4. the registration call, `unroll.lowering.triton.runtime.register`, which returns ``OP``
+   (its ``update`` is the module's entry point). The view, checks, launchers,
+   ``torch.library`` ops, fake implementations and autograd formula are the runtime's, once
+   for every module.
 
 The forward kernel computes the block's outputs after common-subexpression elimination. The
 backward kernel is derived here: for outputs y_i = F_i(inputs u, coefficients c) and upstream
@@ -32,7 +34,9 @@ import sympy as sp
 from unroll import __version__
 from unroll.errors import UnrollError
 from unroll.frontend.printing import expr_text
+from unroll.ir import activations
 from unroll.ir.step import build
+from unroll.lowering.cache import write_atomic
 from unroll.lowering.triton.block import (
     KernelBlock,
     is_per_channel,
@@ -43,7 +47,7 @@ from unroll.lowering.triton.block import (
 from unroll.lowering.triton.printer import TritonPrinter, helper_source, prepare
 
 # Bump when the generated text changes for the same block (part of every cache key).
-TEMPLATE_VERSION = 1
+TEMPLATE_VERSION = 2
 DTYPE = "CDT"  # the compute dtype constexpr in every kernel
 
 
@@ -59,8 +63,6 @@ def scheme_hash(block: KernelBlock) -> str:
         block.activation or "",
     ]
     if block.activation:
-        from unroll.ir import activations
-
         parts.append(sp.srepr(activations.get(block.activation).expr))
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
@@ -126,10 +128,9 @@ _PROLOGUE = """\
 """
 
 _VIEW_ARGS = """\
-    M, K, C, GRID_K,  # the view: M rows of K contiguous elements; C channels; tiles per row
+    M, K, C, GRID_K,  # the view (runtime.layout): M rows of K elements, C channels; tiles per row
     CHANNEL_ROWS: tl.constexpr,  # per-channel values: channel = row % C (NCHW), else the column
-    BLOCK_M: tl.constexpr,
-    BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,  # the tile (runtime.tiles)
     CDT: tl.constexpr,  # compute dtype: float32 (for 16- and 32-bit storage) or float64
 """
 
@@ -195,8 +196,10 @@ def _backward_kernel(
             else "one sum per program"
         )
         sig.append(f"    c_{c.name}_ptr,  # out: partial sums of dL/d {c.name}: {what}")
-    flags = [f"    NEED_{i.name}: tl.constexpr," for i in block.inputs]
-    flags += [f"    NEED_{c.name}: tl.constexpr," for c in block.coefficients]
+    flags = [
+        f"    NEED_{x.name}: tl.constexpr,  # write dL/d{x.name}"
+        for x in (*block.inputs, *block.coefficients)
+    ]
     loads = _loads(block, [f"gy_{o.name}" for o in block.outputs] + saved, "    ")
     tensors = {i.symbol for i in block.inputs} | set(upstream.values())
     body = list(loads)
@@ -238,7 +241,7 @@ def _backward_kernel(
     return src, saved
 
 
-def _tuple(items: Sequence[str]) -> str:
+def _tuple(items: Sequence[object]) -> str:
     return "(" + ", ".join(repr(x) for x in items) + ("," if len(items) == 1 else "") + ")"
 
 
@@ -253,54 +256,41 @@ def source(block: KernelBlock) -> str:
     ins = [i.name for i in block.inputs]
     coefs = [c.name for c in block.coefficients]
     outs = [o.name for o in block.outputs]
-    op = f"{stem}_{h[:12]}"
+    name = block.ir.scheme.name
     implements = "\n".join(f"    {line}" for line in block.equations_text())
     if block.activation:
         implements += f"\n    with φ = {block.activation}"
     calls = "\n".join(f"    {c.text()}" for c in block.ir.calls) or "    (none)"
-    shapes = "\n".join(
-        f"        {i.name}: the state shape, (N, C, *spatial) or (N, C) or any shape"
-        + ("" if block.per_channel else "")
-        + f" -- {leaf_text(i)}"
-        for i in block.inputs
-    )
-    cshapes = "\n".join(
-        f"        {c.name}: {'C values (a (C,) tensor, or any shape of C elements)' if is_per_channel(c) else 'a number or a 1-element tensor'}"
-        f" -- {expr_text(c.ref)}"
-        for c in block.coefficients
-    )
-    sig = ", ".join(ins + coefs)
-    tensor_sig = ", ".join(f"{n}: torch.Tensor" for n in ins + coefs)
-    gy_sig = ", ".join(f"gy_{n}: torch.Tensor" for n in outs)
-    saved_sig = ", ".join(f"{n}: torch.Tensor" for n in saved)
-    all_bwd_sig = ", ".join(
-        x for x in (gy_sig, saved_sig, ", ".join(f"{n}: torch.Tensor" for n in coefs)) if x
-    )
+    returns = ", ".join(f"{s!r}: {o}" for s, o in zip(block.states, outs, strict=True))
     text = f'''\
-# unroll kernel module for scheme {block.ir.scheme.name!r}
+# unroll kernel module for scheme {name!r}
 # scheme sha256: {h}
 # unroll {__version__}, template {TEMPLATE_VERSION}; generated by unroll (`unroll emit`), do not edit.
-"""Fused block update of scheme {block.ir.scheme.name!r}: one Triton kernel forward, one backward.
+"""Fused block update of scheme {name!r}: one Triton kernel forward, one backward.
 
-Implements, per element (the coefficients are the same for every element, or every element of
-one channel):
+Per element (a coefficient is one value for every element, or one per channel):
 {implements}
-The operator outputs are computed by PyTorch before the kernel runs:
+once PyTorch has computed the operator outputs:
 {calls}
+``update({", ".join(ins + coefs)})`` returns {{{returns}}}: tensors of one shape and
+float dtype, coefficients numbers or 1-element tensors (PER_CHANNEL ones: C values, indexing
+dimension 1). ``OP(tensors, coefficients)`` takes them in order and returns the outputs in order.
+The host side (view, checks, launchers, torch.library op, autograd) is
+unroll.lowering.triton.runtime.
 """
 
-import torch
 import triton
 import triton.language as tl
 
-SCHEME = {block.ir.scheme.name!r}
-SCHEME_HASH = {h!r}
+from unroll.lowering.triton import runtime
+
+SCHEME = {name!r}
 INPUTS = {_tuple(ins)}  # tensors, all of one shape
 COEFFICIENTS = {_tuple(coefs)}
-PER_CHANNEL = {_tuple([c.name for c in block.coefficients if is_per_channel(c)])}
-OUTPUTS = {_tuple(outs)}  # new values of the states {_tuple([o.state for o in block.outputs])}
+PER_CHANNEL = {_tuple([is_per_channel(c) for c in block.coefficients])}  # one value per channel?
+OUTPUTS = {_tuple(outs)}  # the new values of STATES
+STATES = {_tuple(list(block.states))}
 SAVED = {_tuple(saved)}  # the inputs the backward reads
-TILE = 4096  # elements per program
 
 {helpers}
 
@@ -308,185 +298,12 @@ TILE = 4096  # elements per program
 
 {bwd}
 
-def _view(ref):
-    """(memory format, M, K, C, channel-rows) for tensors shaped like ``ref``."""
-    fmt = torch.contiguous_format
-    if ref.dim() == 4 and not ref.is_contiguous() and ref.is_contiguous(memory_format=torch.channels_last):
-        fmt = torch.channels_last
-    n = ref.numel()
-    if not PER_CHANNEL:
-        return fmt, 1, n, 1, False
-    if ref.dim() == 0:
-        raise ValueError("per-channel coefficients need a tensor with a channel dimension")
-    c = ref.shape[0] if ref.dim() == 1 else ref.shape[1]
-    if ref.dim() <= 2 or fmt is torch.channels_last:
-        return fmt, n // max(c, 1), c, c, False  # channels are the contiguous columns
-    return fmt, ref.shape[0] * c, n // max(ref.shape[0] * c, 1), c, True
-
-
-def _blocks(M, K):
-    block_k = min(triton.next_power_of_2(max(K, 1)), TILE)
-    block_m = min(triton.next_power_of_2(max(M, 1)), max(1, TILE // block_k))
-    return block_m, block_k, triton.cdiv(K, block_k), triton.cdiv(M, block_m)
-
-
-def _compute_dtype(dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
-def _check(tensors, coefs):
-    ref = tensors[0]
-    for name, t in zip(INPUTS, tensors):
-        if t.shape != ref.shape or t.dtype != ref.dtype or t.device != ref.device:
-            raise ValueError(
-                f"{{name}}: {{tuple(t.shape)}} {{t.dtype}} on {{t.device}}, but {{INPUTS[0]}} is "
-                f"{{tuple(ref.shape)}} {{ref.dtype}} on {{ref.device}}: inputs share shape, dtype and device"
-            )
-    for name, c in zip(COEFFICIENTS, coefs):
-        want = _view(ref)[3] if name in PER_CHANNEL else 1
-        if c.numel() != want:
-            raise ValueError(f"{{name}}: {{c.numel()}} values, expected {{want}}")
-    if ref.device.type != "cuda" and not triton.knobs.runtime.interpret:
-        raise ValueError(
-            "the Triton kernels run on CUDA tensors; set TRITON_INTERPRET=1 to run them in "
-            "Triton's interpreter on the CPU"
-        )
-
-
-def _forward(tensors, coefs):
-    """Launch the forward kernel: new states, laid out like the inputs."""
-    _check(tensors, coefs)
-    fmt, M, K, C, channel_rows = _view(tensors[0])
-    tensors = [t.contiguous(memory_format=fmt) for t in tensors]
-    coefs = [c.reshape(-1).contiguous() for c in coefs]
-    outs = [torch.empty_like(tensors[0]) for _ in OUTPUTS]
-    if tensors[0].numel() == 0:
-        return outs
-    block_m, block_k, grid_k, grid_m = _blocks(M, K)
-    {stem}_fwd_kernel[(grid_k * grid_m,)](
-        *tensors, *coefs, *outs, M, K, C, grid_k,
-        CHANNEL_ROWS=channel_rows, BLOCK_M=block_m, BLOCK_K=block_k,
-        CDT=_compute_dtype(tensors[0].dtype),
-    )
-    return outs
-
-
-def _backward(grads, saved, coefs, need):
-    """Launch the backward kernel; gradients for INPUTS then COEFFICIENTS, an empty tensor
-    where ``need`` is False."""
-    ref = grads[0]
-    fmt, M, K, C, channel_rows = _view(ref)
-    grads = [g.contiguous(memory_format=fmt) for g in grads]
-    saved = [s.contiguous(memory_format=fmt) for s in saved]
-    flat = [c.reshape(-1).contiguous() for c in coefs]
-    block_m, block_k, grid_k, grid_m = _blocks(M, K)
-    cdtype = torch.float64 if ref.dtype == torch.float64 else torch.float32
-    need_in, need_c = need[: len(INPUTS)], need[len(INPUTS):]
-    g_in = [torch.empty_like(grads[0]) if n else grads[0].new_empty(0) for n in need_in]
-    parts = []
-    for name, n in zip(COEFFICIENTS, need_c):
-        if not n:
-            shape = (0,)
-        elif name not in PER_CHANNEL:
-            shape = (grid_k * grid_m,)
-        else:
-            shape = (grid_k, M) if channel_rows else (grid_m, K)
-        parts.append(torch.empty(shape, dtype=cdtype, device=ref.device))
-    if ref.numel() > 0:
-        dummy = grads[0]
-        {stem}_bwd_kernel[(grid_k * grid_m,)](
-            *grads, *saved, *flat,
-            *[g if n else dummy for g, n in zip(g_in, need_in)],
-            *[p if n else dummy for p, n in zip(parts, need_c)],
-            M, K, C, grid_k,
-            CHANNEL_ROWS=channel_rows, BLOCK_M=block_m, BLOCK_K=block_k,
-            CDT=_compute_dtype(ref.dtype),
-            **{{f"NEED_{{n}}": bool(x) for n, x in zip(INPUTS + COEFFICIENTS, need)}},
-        )
-    g_c = []
-    for name, n, p, c in zip(COEFFICIENTS, need_c, parts, coefs):
-        if not n:
-            g_c.append(c.new_empty(0))
-            continue
-        if ref.numel() == 0:
-            total = torch.zeros(c.numel(), dtype=cdtype, device=c.device)
-        elif name not in PER_CHANNEL:
-            total = p.sum()
-        elif channel_rows:
-            total = p.view(grid_k, -1, C).sum(dim=(0, 1))  # rows are (sample, channel)
-        else:
-            total = p.sum(dim=0)
-        g_c.append(total.reshape(c.shape).to(c.dtype))
-    return g_in + g_c
-
-
-# -- torch.library: one op forward, one backward, autograd between them ------------------------
-_OP = {op!r}
-
-
-def _register():
-    if hasattr(torch.ops.unroll, _OP + "_fwd"):  # registered by an earlier copy of this module
-        return
-
-    @torch.library.custom_op("unroll::" + _OP + "_fwd", mutates_args=())
-    def fwd({tensor_sig}) -> list[torch.Tensor]:
-        return _forward([{", ".join(ins)}], [{", ".join(coefs)}])
-
-    @fwd.register_fake
-    def _(*args):
-        fmt = _view(args[0])[0]
-        return [torch.empty_like(args[0].contiguous(memory_format=fmt)) for _ in OUTPUTS]
-
-    @torch.library.custom_op("unroll::" + _OP + "_bwd", mutates_args=())
-    def bwd({all_bwd_sig}, need: list[bool]) -> list[torch.Tensor]:
-        return _backward([{", ".join(f"gy_{n}" for n in outs)}], [{", ".join(saved)}], [{", ".join(coefs)}], need)
-
-    @bwd.register_fake
-    def _(*args):
-        grads, coefs, need = args[: len(OUTPUTS)], args[len(args) - 1 - len(COEFFICIENTS): -1], args[-1]
-        fmt = _view(grads[0])[0]
-        ref = grads[0].contiguous(memory_format=fmt)
-        out = [torch.empty_like(ref) if n else ref.new_empty(0) for n in need[: len(INPUTS)]]
-        return out + [c.new_empty(c.shape if n else (0,)) for c, n in zip(coefs, need[len(INPUTS):])]
-
-    def setup_context(ctx, inputs, output):
-        named = dict(zip(INPUTS + COEFFICIENTS, inputs))
-        ctx.save_for_backward(*[named[n] for n in SAVED + COEFFICIENTS])
-
-    def backward(ctx, grads):
-        need = list(ctx.needs_input_grad)
-        if not any(need):
-            return tuple(None for _ in need)
-        saved = ctx.saved_tensors
-        out = torch.ops.unroll.{op}_bwd(*grads, *saved, need)
-        return tuple(g if n else None for g, n in zip(out, need))
-
-    fwd.register_autograd(backward, setup_context=setup_context)
-
-
-_register()
-
-
-def update({sig}):
-    """The new states of {block.ir.scheme.name!r}, fused: returns {{{", ".join(f"{o.state!r}: tensor" for o in block.outputs)}}}.
-
-    Shapes (all tensors on one device, of one float dtype; float16 and bfloat16 compute in
-    float32; non-contiguous inputs are copied to contiguous, or channels-last, memory):
-{shapes}
-{cshapes}
-    Every output has the inputs' shape and dtype. Per-channel values index dimension 1 (NCHW
-    and (N, C)), channels-last 4-D inputs are kept channels-last. Differentiable in every
-    tensor and coefficient.
-    """
-    tensors = [{", ".join(ins)}]
-    ref = tensors[0]
-    cdtype = torch.float64 if ref.dtype == torch.float64 else torch.float32
-    coefs = [
-        c if isinstance(c, torch.Tensor) else torch.tensor(c, dtype=cdtype, device=ref.device)
-        for c in ({", ".join(coefs)}{"," if len(coefs) == 1 else ""})
-    ]
-    outs = torch.ops.unroll.{op}_fwd(*tensors, *coefs)
-    return dict(zip({_tuple([o.state for o in block.outputs])}, outs))
+OP = runtime.register(
+    {f"{stem}_{h[:12]}"!r}, SCHEME, {stem}_fwd_kernel, {stem}_bwd_kernel,
+    inputs=INPUTS, coefficients=COEFFICIENTS, per_channel=PER_CHANNEL,
+    outputs=OUTPUTS, states=STATES, saved=SAVED,
+)
+update = OP.update
 '''
     return _tidy(text)
 
@@ -511,8 +328,6 @@ def emit(scheme, activation: str | None = None) -> tuple[KernelBlock, str]:
 def write(scheme, directory: str | Path, activation: str | None = None) -> tuple[KernelBlock, Path]:
     """Write the kernel module of ``scheme`` to ``directory/<scheme>.py`` (atomically);
     returns the block and the path."""
-    from unroll.lowering.cache import write_atomic
-
     block, text = emit(scheme, activation)
     path = Path(directory) / f"{module_stem(block)}.py"
     write_atomic(path, text)

@@ -31,6 +31,7 @@ from unroll.ir import vocabulary as vocab
 from unroll.ir.step import Assign, Leaf, StepIR, build
 from unroll.lowering import cache
 from unroll.lowering.eager.evaluate import evaluate
+from unroll.lowering.triton import runtime
 from unroll.lowering.triton.block import KernelBlock, is_per_channel, kernel_block
 from unroll.lowering.triton.emit import TEMPLATE_VERSION, module_stem, scheme_hash, source
 
@@ -46,9 +47,10 @@ def block_of(scheme: Scheme, activation: str | None = None) -> KernelBlock:
 
 def cache_key(block: KernelBlock) -> str:
     """The disk-cache key of the block's module: the canonical scheme's hash, the template
-    version and the unroll/torch/triton versions. The dtype is not part of it: one module
-    serves every dtype (the kernels take the compute dtype as a compile-time argument)."""
-    return cache.key(scheme_hash(block), TEMPLATE_VERSION, *cache.versions())
+    version, the host runtime's version (`runtime.VERSION`, which the module calls into) and the
+    unroll/torch/triton versions. The dtype is not part of it: one module serves every dtype
+    (the kernels take the compute dtype as a compile-time argument)."""
+    return cache.key(scheme_hash(block), TEMPLATE_VERSION, runtime.VERSION, *cache.versions())
 
 
 def _load(block: KernelBlock) -> ModuleType:
@@ -80,7 +82,7 @@ class BlockKernel:
     coefficients: tuple[Leaf, ...]
     outputs: tuple[Assign, ...]
     view: KernelBlock
-    module: ModuleType
+    op: runtime.BlockOp  # the generated module's OP
 
     def __call__(
         self, tensors: Sequence[torch.Tensor], coefficients: Sequence[torch.Tensor | float]
@@ -90,11 +92,7 @@ class BlockKernel:
                 "backend='triton' has no forward-mode rule (torch.func.jvp, forward AD): its "
                 "tangents would be zero; use backend='auto' or 'torch' there"
             )
-        try:
-            out = self.module.update(*tensors, *coefficients)
-        except ValueError as e:  # the module's own checks (shapes, coefficient sizes)
-            raise UnrollError(f"block update of {self.ir.label!r}: {e}") from None
-        return tuple(out[s] for s in self.view.states)
+        return self.op(tensors, coefficients)
 
 
 @functools.lru_cache(maxsize=256)
@@ -103,7 +101,8 @@ def block_kernel(ir: StepIR, activation: str | None = None) -> BlockKernel:
     so its module is generated, hashed and loaded once per process. Raises `UnrollError` where
     there is no kernel (see `kernel_block`) or no Triton."""
     view = kernel_block(ir, activation)
-    return BlockKernel(ir, view.inputs, view.coefficients, view.outputs, view, _load(view))
+    op = _load(view).OP
+    return BlockKernel(ir, view.inputs, view.coefficients, view.outputs, view, op)
 
 
 def _triton_ok(device_type: str) -> bool:
