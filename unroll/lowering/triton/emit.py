@@ -25,7 +25,6 @@ the autograd formula saves only the inputs the derivatives read.
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from unroll import __version__
 from unroll.errors import UnrollError
 from unroll.frontend.printing import expr_text
 from unroll.ir import activations
+from unroll.ir.names import identifier
 from unroll.ir.step import build
 from unroll.lowering.cache import write_atomic
 from unroll.lowering.triton.block import (
@@ -47,8 +47,9 @@ from unroll.lowering.triton.block import (
 from unroll.lowering.triton.printer import TritonPrinter, helper_source, prepare
 
 # Bump when the generated text changes for the same block (part of every cache key).
-TEMPLATE_VERSION = 2
+TEMPLATE_VERSION = 3
 DTYPE = "CDT"  # the compute dtype constexpr in every kernel
+STEM_LENGTH = 40  # a name's share of file names (a file name holds at most 255 bytes)
 
 
 def scheme_hash(block: KernelBlock) -> str:
@@ -68,12 +69,13 @@ def scheme_hash(block: KernelBlock) -> str:
 
 
 def module_stem(block: KernelBlock) -> str:
-    """The file and op name stem: the scheme name, made an identifier."""
-    name = block.ir.scheme.name or "scheme"
-    stem = re.sub(r"\W", "_", name.encode("ascii", "replace").decode())
+    """The file, kernel and op name stem: the scheme's name as an identifier
+    (`unroll.ir.names.identifier`), at most `STEM_LENGTH` characters, and the activation's when
+    it is not the scheme's own."""
+    stem = identifier(block.ir.scheme.name or "scheme")[:STEM_LENGTH].rstrip("_")
     if block.activation and block.activation != block.ir.scheme.activation:
-        stem += f"_{block.activation}"
-    return stem if not stem[0].isdigit() else f"s_{stem}"
+        stem += f"_{identifier(block.activation)[:STEM_LENGTH]}".rstrip("_")
+    return stem
 
 
 def _cse(exprs: Sequence[sp.Expr]) -> tuple[list[tuple[sp.Symbol, sp.Expr]], list[sp.Expr]]:
@@ -135,9 +137,14 @@ _VIEW_ARGS = """\
 """
 
 
-def _coef_comment(c) -> str:
+def _arg(name: str, comment: str) -> str:
+    """A kernel argument on its own line, with its comment (made safe by `_comment`)."""
+    return f"    {name},  # {_comment(comment)}"
+
+
+def _coef_arg(c) -> str:
     shape = "C elements, one per channel" if is_per_channel(c) else "1 element"
-    return f"{c.name}_ptr,  # in: {expr_text(c.ref)} ({origin(c)}), {shape}"
+    return _arg(f"{c.name}_ptr", f"in: {expr_text(c.ref)} ({origin(c)}), {shape}")
 
 
 def _full(expr: sp.Expr, tensors: set[sp.Symbol], code: str) -> str:
@@ -149,9 +156,9 @@ def _full(expr: sp.Expr, tensors: set[sp.Symbol], code: str) -> str:
 
 def _forward_kernel(block: KernelBlock, stem: str, printer: TritonPrinter) -> str:
     names = [i.name for i in block.inputs]
-    sig = [f"    {i.name}_ptr,  # in: {leaf_text(i)}" for i in block.inputs]
-    sig += [f"    {_coef_comment(c)}" for c in block.coefficients]
-    sig += [f"    out_{o.name}_ptr,  # out: {o.state}'s new value" for o in block.outputs]
+    sig = [_arg(f"{i.name}_ptr", f"in: {leaf_text(i)}") for i in block.inputs]
+    sig += [_coef_arg(c) for c in block.coefficients]
+    sig += [_arg(f"out_{o.name}_ptr", f"out: {o.state}'s new value") for o in block.outputs]
     temps, reduced = _cse(block.expressions)
     tensors = {i.symbol for i in block.inputs}
     body = _loads(block, names, "    ")
@@ -183,19 +190,23 @@ def _backward_kernel(
     temps, reduced = _cse([g for _, g in grads])
     read = set().union(*(e.free_symbols for _, e in temps), *(e.free_symbols for e in reduced))
     saved = [i.name for i in block.inputs if i.symbol in read]
-    sig = [f"    gy_{o.name}_ptr,  # in: dL/d {o.state}'s new value" for o in block.outputs]
+    sig = [_arg(f"gy_{o.name}_ptr", f"in: dL/d {o.state}'s new value") for o in block.outputs]
     sig += [
-        f"    {i.name}_ptr,  # in: {leaf_text(i)} (saved)" for i in block.inputs if i.name in saved
+        _arg(f"{i.name}_ptr", f"in: {leaf_text(i)} (saved)")
+        for i in block.inputs
+        if i.name in saved
     ]
-    sig += [f"    {_coef_comment(c)}" for c in block.coefficients]
-    sig += [f"    g_{i.name}_ptr,  # out: dL/d {i.name}, when NEED_{i.name}" for i in block.inputs]
+    sig += [_coef_arg(c) for c in block.coefficients]
+    sig += [
+        _arg(f"g_{i.name}_ptr", f"out: dL/d {i.name}, when NEED_{i.name}") for i in block.inputs
+    ]
     for c in block.coefficients:
         what = (
             "(programs along the other axis, M or K) sums per row (CHANNEL_ROWS) or column"
             if is_per_channel(c)
             else "one sum per program"
         )
-        sig.append(f"    c_{c.name}_ptr,  # out: partial sums of dL/d {c.name}: {what}")
+        sig.append(_arg(f"c_{c.name}_ptr", f"out: partial sums of dL/d {c.name}: {what}"))
     flags = [
         f"    NEED_{x.name}: tl.constexpr,  # write dL/d{x.name}"
         for x in (*block.inputs, *block.coefficients)
@@ -241,6 +252,28 @@ def _backward_kernel(
     return src, saved
 
 
+def _comment(text: str) -> str:
+    """``text`` fit for a ``#`` comment: a character that is not printable (a newline, a
+    carriage return, a form feed, ...) would end the comment, or the line, so it is written as
+    its escape (``\\n``)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _docstring(text: str) -> str:
+    """``text`` as the body of a ``\"\"\"`` docstring that reads back as ``text``: backslashes and
+    double quotes escaped, so nothing in it can end the string, and characters that are not
+    printable (but the newline) written as their escapes."""
+    out = []
+    for c in text:
+        if c in '\\"':
+            out.append("\\" + c)
+        elif c == "\n" or c.isprintable():
+            out.append(c)
+        else:
+            out.append(repr(c)[1:-1])
+    return "".join(out)
+
+
 def _tuple(items: Sequence[object]) -> str:
     return "(" + ", ".join(repr(x) for x in items) + ("," if len(items) == 1 else "") + ")"
 
@@ -262,11 +295,7 @@ def source(block: KernelBlock) -> str:
         implements += f"\n    with φ = {block.activation}"
     calls = "\n".join(f"    {c.text()}" for c in block.ir.calls) or "    (none)"
     returns = ", ".join(f"{s!r}: {o}" for s, o in zip(block.states, outs, strict=True))
-    text = f'''\
-# unroll kernel module for scheme {name!r}
-# scheme sha256: {h}
-# unroll {__version__}, template {TEMPLATE_VERSION}; generated by unroll (`unroll emit`), do not edit.
-"""Fused block update of scheme {name!r}: one Triton kernel forward, one backward.
+    doc = f"""Fused block update of scheme {name!r}: one Triton kernel forward, one backward.
 
 Per element (a coefficient is one value for every element, or one per channel):
 {implements}
@@ -278,6 +307,11 @@ dimension 1). ``OP(tensors, coefficients)`` takes them in order and returns the 
 The host side (view, checks, launchers, torch.library op, autograd) is
 unroll.lowering.triton.runtime.
 """
+    text = f'''\
+# unroll kernel module for scheme {_comment(repr(name))}
+# scheme sha256: {h}
+# unroll {__version__}, template {TEMPLATE_VERSION}; generated by unroll (`unroll emit`), do not edit.
+"""{_docstring(doc)}"""
 
 import triton
 import triton.language as tl
@@ -310,7 +344,7 @@ update = OP.update
 
 def _tidy(text: str) -> str:
     """No trailing spaces, at most two blank lines in a row, one final newline."""
-    lines = [line.rstrip() for line in text.splitlines()]
+    lines = [line.rstrip() for line in text.split("\n")]
     out: list[str] = []
     for line in lines:
         if not line and len(out) >= 2 and not out[-1] and not out[-2]:
