@@ -98,3 +98,18 @@ def test_every_kernel_argument_is_commented_and_the_docstring_gives_the_equation
                 continue  # a printer helper (_tanh, ...), documented by its own docstring
             for arg in fn.args.args:
                 assert "#" in lines[arg.lineno - 1], f"{scheme.name}: {arg.arg} has no comment"
+
+
+def test_emit_checks_that_what_it_wrote_compiles_and_imports(tmp_path, monkeypatch):
+    """A generator bug must not leave a module that does not load behind an exit status 0."""
+    from unroll.lowering.triton import emit as generator
+
+    monkeypatch.setattr(generator, "source", lambda block: "def (:\n")
+    result = CliRunner().invoke(cli, ["emit", "hb_net", "-o", str(tmp_path)])
+    assert result.exit_code == 2 and "does not compile" in result.output, result.output
+    assert not list(tmp_path.glob("*.py"))  # nothing written
+    monkeypatch.setattr(generator, "source", lambda block: "import no_such_module_here\n")
+    result = CliRunner().invoke(cli, ["emit", "hb_net", "-o", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert "does not import: ModuleNotFoundError" in result.output
+    assert str(tmp_path / "hb_net.py") in result.output

@@ -35,8 +35,8 @@ from unroll.errors import UnrollError
 from unroll.frontend.printing import expr_text
 from unroll.ir import activations
 from unroll.ir.names import identifier
-from unroll.ir.step import build
-from unroll.lowering.cache import write_atomic
+from unroll.ir.step import Leaf, build
+from unroll.lowering.cache import import_file, write_atomic
 from unroll.lowering.triton.block import (
     KernelBlock,
     is_per_channel,
@@ -47,8 +47,8 @@ from unroll.lowering.triton.block import (
 from unroll.lowering.triton.printer import TritonPrinter, helper_source, prepare
 
 # Bump when the generated text changes for the same block (part of every cache key).
-TEMPLATE_VERSION = 3
-DTYPE = "CDT"  # the compute dtype constexpr in every kernel
+TEMPLATE_VERSION = 4
+DTYPE = "_CDT"  # the compute dtype constexpr in every kernel
 STEM_LENGTH = 40  # a name's share of file names (a file name holds at most 255 bytes)
 
 
@@ -79,61 +79,69 @@ def module_stem(block: KernelBlock) -> str:
 
 
 def _cse(exprs: Sequence[sp.Expr]) -> tuple[list[tuple[sp.Symbol, sp.Expr]], list[sp.Expr]]:
+    """Common subexpressions of ``exprs`` (after `prepare`) as temporaries ``_t0``, ``_t1``..."""
     temps, reduced = sp.cse(
-        [prepare(e) for e in exprs], symbols=sp.numbered_symbols("t", real=True), order="none"
+        [prepare(e) for e in exprs], symbols=sp.numbered_symbols("_t", real=True), order="none"
     )
     return temps, reduced
 
 
-def _derivatives(block: KernelBlock) -> tuple[list[tuple[str, sp.Expr]], dict[str, sp.Symbol]]:
-    """(name, expression) of every gradient the backward computes: 'g_<input>' per element and
-    'c_<coefficient>' (the per-element contribution that is then reduced); and the upstream
-    gradient symbol of each output."""
-    upstream = {o.name: sp.Symbol(f"gy_{o.name}", real=True) for o in block.outputs}
-    grads: list[tuple[str, sp.Expr]] = []
-    for leaf in [*block.inputs, *block.coefficients]:
+def _grad(leaf: Leaf) -> str:
+    """The name of dL/d``leaf``: a value (an output's upstream gradient) or, with ``_ptr``,
+    where the backward reads or writes it."""
+    return f"{leaf.name}__grad"
+
+
+def _derivatives(block: KernelBlock) -> list[tuple[Leaf, sp.Expr]]:
+    """(leaf, Σ_i ḡ_i ∂F_i/∂leaf) for every input and coefficient, ḡ_i the upstream gradient
+    of output i (the symbol `_grad` names): per element for an input, the per-element
+    contribution that is then reduced for a coefficient."""
+    upstream = [sp.Symbol(_grad(o), real=True) for o in block.outputs]
+    out: list[tuple[Leaf, sp.Expr]] = []
+    for leaf in (*block.inputs, *block.coefficients):
         total = sp.S.Zero
-        for o, e in zip(block.outputs, block.expressions, strict=True):
+        for o, e, g in zip(block.outputs, block.expressions, upstream, strict=True):
             d = sp.diff(e, leaf.symbol)
             if d.has(sp.Derivative, sp.Subs):
                 raise UnrollError(
                     f"cannot differentiate {expr_text(o.expr)} by {leaf.name} in closed form"
                 )
-            total += upstream[o.name] * d
-        prefix = "g" if leaf in block.inputs else "c"
-        grads.append((f"{prefix}_{leaf.name}", total))
-    return grads, upstream
+            total += g * d
+        out.append((leaf, total))
+    return out
 
 
-def _loads(block: KernelBlock, tensors: Sequence[str], pad: str) -> list[str]:
-    lines = [f"{pad}{n} = tl.load({n}_ptr + offs, mask=mask).to({DTYPE})" for n in tensors]
+def _loads(block: KernelBlock, tensors: Sequence[tuple[str, str]]) -> list[str]:
+    """Load each tensor (value name, pointer name) and every coefficient ``c`` (from
+    ``c__ptr``), in the compute dtype."""
+    lines = [f"    {n} = tl.load({p} + _offs, mask=_mask).to({DTYPE})" for n, p in tensors]
     for c in block.coefficients:
+        n = c.name
         if is_per_channel(c):
             lines += [
-                f"{pad}if CHANNEL_ROWS:",
-                f"{pad}    {c.name} = tl.load({c.name}_ptr + rows % C, mask=rows < M)[:, None].to({DTYPE})",
-                f"{pad}else:",
-                f"{pad}    {c.name} = tl.load({c.name}_ptr + cols, mask=cols < K)[None, :].to({DTYPE})",
+                "    if _CHANNEL_ROWS:",
+                f"        {n} = tl.load({n}__ptr + _rows % _C, mask=_rows < _M)[:, None].to({DTYPE})",
+                "    else:",
+                f"        {n} = tl.load({n}__ptr + _cols, mask=_cols < _K)[None, :].to({DTYPE})",
             ]
         else:
-            lines.append(f"{pad}{c.name} = tl.load({c.name}_ptr).to({DTYPE})")
+            lines.append(f"    {n} = tl.load({n}__ptr).to({DTYPE})")
     return lines
 
 
 _PROLOGUE = """\
-    # One program per BLOCK_M x BLOCK_K tile of the (M, K) view; a 1-D grid (no 65535 limit).
-    pid = tl.program_id(0)
-    rows = (pid // GRID_K).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = (pid % GRID_K).to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K)
-    mask = (rows < M)[:, None] & (cols < K)[None, :]
-    offs = rows[:, None] * K + cols[None, :]  # 64-bit: tensors over 2**31 elements work
+    _pid = tl.program_id(0)  # one program per _BLOCK_M x _BLOCK_K tile; a 1-D grid
+    _rows = (_pid // _GRID_K).to(tl.int64) * _BLOCK_M + tl.arange(0, _BLOCK_M)
+    _cols = (_pid % _GRID_K).to(tl.int64) * _BLOCK_K + tl.arange(0, _BLOCK_K)
+    _mask = (_rows < _M)[:, None] & (_cols < _K)[None, :]
+    _offs = _rows[:, None] * _K + _cols[None, :]  # 64-bit: tensors over 2**31 elements work
 """
 
 _VIEW_ARGS = """\
-    M, K, C, GRID_K,  # the view (runtime.layout): M rows of K elements, C channels; tiles per row
-    CHANNEL_ROWS: tl.constexpr,  # per-channel values: channel = row % C (NCHW), else the column
-    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,  # the tile (runtime.tiles)
-    CDT: tl.constexpr,  # compute dtype: float32 (for 16- and 32-bit storage) or float64
+    _M, _K, _C, _GRID_K,  # the view (runtime.layout): _M rows of _K elements, _C channels; tiles per row
+    _CHANNEL_ROWS: tl.constexpr,  # per-channel values: channel = row % _C (NCHW), else the column
+    _BLOCK_M: tl.constexpr, _BLOCK_K: tl.constexpr,  # the tile (runtime.tiles)
+    _CDT: tl.constexpr,  # compute dtype: float32 (for 16- and 32-bit storage) or float64
 """
 
 
@@ -142,114 +150,90 @@ def _arg(name: str, comment: str) -> str:
     return f"    {name},  # {_comment(comment)}"
 
 
-def _coef_arg(c) -> str:
+def _coef_arg(c: Leaf) -> str:
     shape = "C elements, one per channel" if is_per_channel(c) else "1 element"
-    return _arg(f"{c.name}_ptr", f"in: {expr_text(c.ref)} ({origin(c)}), {shape}")
+    return _arg(f"{c.name}__ptr", f"in: {expr_text(c.ref)} ({origin(c)}), {shape}")
 
 
 def _full(expr: sp.Expr, tensors: set[sp.Symbol], code: str) -> str:
     """Make a value that reads no tensor a full tile (a store or reduction needs the shape)."""
     if expr.free_symbols & tensors:
         return code
-    return f"({code}) + tl.zeros([BLOCK_M, BLOCK_K], {DTYPE})"
+    return f"({code}) + tl.zeros([_BLOCK_M, _BLOCK_K], {DTYPE})"
+
+
+def _body(temps, printer: TritonPrinter, tensors: set[sp.Symbol]) -> list[str]:
+    """One line per CSE temporary; ``tensors`` gains those that read a tensor."""
+    lines = []
+    for sym, e in temps:
+        lines.append(f"    {sym} = {printer.doprint(e)}")
+        if e.free_symbols & tensors:
+            tensors.add(sym)
+    return lines
+
+
+def _kernel(name: str, sig: list[str], flags: list[str], body: list[str]) -> str:
+    head = f"@triton.jit\ndef {name}(\n" + "\n".join(sig) + "\n" + _VIEW_ARGS
+    return head + "".join(f"{f}\n" for f in flags) + "):\n" + _PROLOGUE + "\n".join(body) + "\n"
 
 
 def _forward_kernel(block: KernelBlock, stem: str, printer: TritonPrinter) -> str:
-    names = [i.name for i in block.inputs]
-    sig = [_arg(f"{i.name}_ptr", f"in: {leaf_text(i)}") for i in block.inputs]
+    sig = [_arg(f"{i.name}__ptr", f"in: {leaf_text(i)}") for i in block.inputs]
     sig += [_coef_arg(c) for c in block.coefficients]
-    sig += [_arg(f"out_{o.name}_ptr", f"out: {o.state}'s new value") for o in block.outputs]
+    sig += [_arg(f"{o.name}__ptr", f"out: {expr_text(o.ref)}") for o in block.outputs]
     temps, reduced = _cse(block.expressions)
     tensors = {i.symbol for i in block.inputs}
-    body = _loads(block, names, "    ")
-    for sym, e in temps:
-        body.append(f"    {sym} = {printer.doprint(e)}")
-        if e.free_symbols & tensors:
-            tensors.add(sym)
+    body = _loads(block, [(i.name, f"{i.name}__ptr") for i in block.inputs])
+    body += _body(temps, printer, tensors)
     for o, e in zip(block.outputs, reduced, strict=True):
         code = _full(e, tensors, printer.doprint(e))
-        body.append(
-            f"    tl.store(out_{o.name}_ptr + offs, ({code}).to(out_{o.name}_ptr.dtype.element_ty), mask=mask)"
-        )
-    return (
-        f"@triton.jit\ndef {stem}_fwd_kernel(\n"
-        + "\n".join(sig)
-        + "\n"
-        + _VIEW_ARGS
-        + "):\n"
-        + _PROLOGUE
-        + "\n".join(body)
-        + "\n"
-    )
+        p = f"{o.name}__ptr"
+        body.append(f"    tl.store({p} + _offs, ({code}).to({p}.dtype.element_ty), mask=_mask)")
+    return _kernel(f"{stem}_fwd_kernel", sig, [], body)
 
 
 def _backward_kernel(
     block: KernelBlock, stem: str, printer: TritonPrinter
 ) -> tuple[str, list[str]]:
-    grads, upstream = _derivatives(block)
+    grads = _derivatives(block)
     temps, reduced = _cse([g for _, g in grads])
     read = set().union(*(e.free_symbols for _, e in temps), *(e.free_symbols for e in reduced))
-    saved = [i.name for i in block.inputs if i.symbol in read]
-    sig = [_arg(f"gy_{o.name}_ptr", f"in: dL/d {o.state}'s new value") for o in block.outputs]
-    sig += [
-        _arg(f"{i.name}_ptr", f"in: {leaf_text(i)} (saved)")
-        for i in block.inputs
-        if i.name in saved
-    ]
+    saved = [i for i in block.inputs if i.symbol in read]
+    sig = [_arg(f"{_grad(o)}_ptr", f"in: dL/d{o.name}") for o in block.outputs]
+    sig += [_arg(f"{i.name}__ptr", f"in: {leaf_text(i)} (saved)") for i in saved]
     sig += [_coef_arg(c) for c in block.coefficients]
-    sig += [
-        _arg(f"g_{i.name}_ptr", f"out: dL/d {i.name}, when NEED_{i.name}") for i in block.inputs
-    ]
+    sig += [_arg(f"{_grad(i)}_ptr", f"out: dL/d{i.name}") for i in block.inputs]
     for c in block.coefficients:
-        what = (
-            "(programs along the other axis, M or K) sums per row (CHANNEL_ROWS) or column"
-            if is_per_channel(c)
-            else "one sum per program"
-        )
-        sig.append(_arg(f"c_{c.name}_ptr", f"out: partial sums of dL/d {c.name}: {what}"))
-    flags = [
-        f"    NEED_{x.name}: tl.constexpr,  # write dL/d{x.name}"
-        for x in (*block.inputs, *block.coefficients)
-    ]
-    loads = _loads(block, [f"gy_{o.name}" for o in block.outputs] + saved, "    ")
-    tensors = {i.symbol for i in block.inputs} | set(upstream.values())
-    body = list(loads)
-    for sym, e in temps:
-        body.append(f"    {sym} = {printer.doprint(e)}")
-        if e.free_symbols & tensors:
-            tensors.add(sym)
-    coef = {f"c_{c.name}": c for c in block.coefficients}
-    for (name, _), e in zip(grads, reduced, strict=True):
+        what = "sums per row or column" if is_per_channel(c) else "one per program"
+        sig.append(_arg(f"{_grad(c)}_ptr", f"out: partial sums of dL/d{c.name}, {what}"))
+    leaves = (*block.inputs, *block.coefficients)
+    flags = [f"    {x.name}__need: tl.constexpr,  # write dL/d{x.name}" for x in leaves]
+    tensors = {i.symbol for i in block.inputs} | {
+        sp.Symbol(_grad(o), real=True) for o in block.outputs
+    }
+    loads = [(_grad(o), f"{_grad(o)}_ptr") for o in block.outputs]
+    body = _loads(block, loads + [(i.name, f"{i.name}__ptr") for i in saved])
+    body += _body(temps, printer, tensors)
+    for (leaf, _), e in zip(grads, reduced, strict=True):
         code = _full(e, tensors, printer.doprint(e))
-        leaf = name[2:]
-        body.append(f"    if NEED_{leaf}:")
-        if name.startswith("g_"):
+        p = f"{_grad(leaf)}_ptr"
+        body.append(f"    if {leaf.name}__need:")
+        if leaf in block.inputs:
             body.append(
-                f"        tl.store({name}_ptr + offs, ({code}).to({name}_ptr.dtype.element_ty), mask=mask)"
+                f"        tl.store({p} + _offs, ({code}).to({p}.dtype.element_ty), mask=_mask)"
             )
             continue
-        body.append(f"        part = tl.where(mask, {code}, 0)")
-        if is_per_channel(coef[name]):
+        body.append(f"        _part = tl.where(_mask, {code}, 0)")
+        if is_per_channel(leaf):
             body += [
-                "        if CHANNEL_ROWS:",
-                f"            tl.store({name}_ptr + (pid % GRID_K).to(tl.int64) * M + rows, tl.sum(part, axis=1), mask=rows < M)",
+                "        if _CHANNEL_ROWS:",
+                f"            tl.store({p} + (_pid % _GRID_K).to(tl.int64) * _M + _rows, tl.sum(_part, axis=1), mask=_rows < _M)",
                 "        else:",
-                f"            tl.store({name}_ptr + (pid // GRID_K).to(tl.int64) * K + cols, tl.sum(part, axis=0), mask=cols < K)",
+                f"            tl.store({p} + (_pid // _GRID_K).to(tl.int64) * _K + _cols, tl.sum(_part, axis=0), mask=_cols < _K)",
             ]
         else:
-            body.append(f"        tl.store({name}_ptr + pid, tl.sum(tl.sum(part, axis=1), axis=0))")
-    src = (
-        f"@triton.jit\ndef {stem}_bwd_kernel(\n"
-        + "\n".join(sig)
-        + "\n"
-        + _VIEW_ARGS
-        + "\n".join(flags)
-        + "\n):\n"
-        + _PROLOGUE
-        + "\n".join(body)
-        + "\n"
-    )
-    return src, saved
+            body.append(f"        tl.store({p} + _pid, tl.sum(tl.sum(_part, axis=1), axis=0))")
+    return _kernel(f"{stem}_bwd_kernel", sig, flags, body), [i.name for i in saved]
 
 
 def _comment(text: str) -> str:
@@ -360,9 +344,29 @@ def emit(scheme, activation: str | None = None) -> tuple[KernelBlock, str]:
 
 
 def write(scheme, directory: str | Path, activation: str | None = None) -> tuple[KernelBlock, Path]:
-    """Write the kernel module of ``scheme`` to ``directory/<scheme>.py`` (atomically);
-    returns the block and the path."""
+    """Write the kernel module of ``scheme`` to ``directory/<stem>.py`` (atomically) and check
+    it: it compiles, and (where Triton is installed) it imports. Returns the block and the path;
+    raises `UnrollError` naming the file when the check fails."""
     block, text = emit(scheme, activation)
     path = Path(directory) / f"{module_stem(block)}.py"
+    label = block.ir.label
+    try:
+        compile(text, str(path), "exec")
+    except (SyntaxError, ValueError) as e:
+        raise UnrollError(
+            f"the kernel module of {label!r} does not compile ({e}); nothing was written "
+            "(a bug in unroll: please report it with the scheme)"
+        ) from None
     write_atomic(path, text)
+    try:
+        import triton  # noqa: F401
+    except ImportError:  # pragma: no cover - the module imports Triton: nothing more to check
+        return block, path
+    try:
+        import_file(path, f"unroll_emitted.{path.stem}_{scheme_hash(block)[:12]}")
+    except Exception as e:  # noqa: BLE001 - whatever stops the import is what to report
+        raise UnrollError(
+            f"wrote {path}, but it does not import: {type(e).__name__}: {e} "
+            "(a bug in unroll: please report it with the scheme)"
+        ) from None
     return block, path

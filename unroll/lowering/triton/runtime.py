@@ -19,9 +19,9 @@ The kernels' calling convention (what `emit` writes and this module launches), e
 positional, compile-time arguments by keyword::
 
     forward(*inputs, *coefficients, *outputs, M, K, C, GRID_K,
-            CHANNEL_ROWS=, BLOCK_M=, BLOCK_K=, CDT=)
+            _CHANNEL_ROWS=, _BLOCK_M=, _BLOCK_K=, _CDT=)
     backward(*output gradients, *saved inputs, *coefficients, *input gradients,
-             *coefficient partial sums, M, K, C, GRID_K, <the same four>, NEED_<leaf>=)
+             *coefficient partial sums, M, K, C, GRID_K, <the same four>, <leaf>__need=)
 
 A coefficient's partial sums are one value per program (``GRID_K·GRID_M``) for a scalar, and for
 a per-channel one a (GRID_K, M) array of row sums (channel rows) or a (GRID_M, K) array of
@@ -212,8 +212,8 @@ class BlockOp:
         block_m, block_k, grid_k, grid_m = tiles(view.M, view.K)
         self.forward_kernel[(grid_k * grid_m,)](
             *tensors, *flat, *outs, view.M, view.K, view.C, grid_k,
-            CHANNEL_ROWS=view.channel_rows, BLOCK_M=block_m, BLOCK_K=block_k,
-            CDT=compute_dtype(tensors[0].dtype),
+            _CHANNEL_ROWS=view.channel_rows, _BLOCK_M=block_m, _BLOCK_K=block_k,
+            _CDT=compute_dtype(tensors[0].dtype),
         )  # fmt: skip
         return outs
 
@@ -246,7 +246,7 @@ class BlockOp:
             parts.append(torch.empty(shape, dtype=acc, device=ref.device))
         if ref.numel() > 0:
             flags = {
-                f"NEED_{n}": bool(x)
+                f"{n}__need": bool(x)
                 for n, x in zip(self.inputs + self.coefficients, need, strict=True)
             }
             dummy = grads[0]  # stands in for a gradient nobody asked for: never written
@@ -255,8 +255,8 @@ class BlockOp:
                 *[g if n else dummy for g, n in zip(g_in, need_in, strict=True)],
                 *[p if n else dummy for p, n in zip(parts, need_c, strict=True)],
                 view.M, view.K, view.C, grid_k,
-                CHANNEL_ROWS=view.channel_rows, BLOCK_M=block_m, BLOCK_K=block_k,
-                CDT=compute_dtype(ref.dtype), **flags,
+                _CHANNEL_ROWS=view.channel_rows, _BLOCK_M=block_m, _BLOCK_K=block_k,
+                _CDT=compute_dtype(ref.dtype), **flags,
             )  # fmt: skip
         g_c = []
         for per_channel, n, p, c in zip(self.per_channel, need_c, parts, coefficients, strict=True):
