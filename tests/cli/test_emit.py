@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import os
+import stat
 
 from click.testing import CliRunner
 
@@ -113,3 +115,13 @@ def test_emit_checks_that_what_it_wrote_compiles_and_imports(tmp_path, monkeypat
     assert result.exit_code == 2, result.output
     assert "does not import: ModuleNotFoundError" in result.output
     assert str(tmp_path / "hb_net.py") in result.output
+
+
+def test_emitted_files_are_readable_by_all_under_the_usual_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        result = CliRunner().invoke(cli, ["emit", "heavy_ball", "-o", str(tmp_path)])
+    finally:
+        os.umask(old)
+    assert result.exit_code == 0, result.output
+    assert stat.S_IMODE((tmp_path / "heavy_ball.py").stat().st_mode) == 0o644
