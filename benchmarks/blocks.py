@@ -124,7 +124,7 @@ def run(
         scheme = schemes[name]
         eager = block_update(scheme, backend="torch")
         fused = block_update(scheme, backend="triton")
-        block = eager.block
+        block = eager.view
         module = kernel_module(scheme)
         for s in sizes:
             n = 1 << s
@@ -185,7 +185,7 @@ from unroll.frontend.library import schemes
 
 name, device, what = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
 scheme = schemes[name]
-block = op.block_of(scheme)
+block = op.view_of(scheme)
 shape = (4096, 256)  # 2^20 elements; per-channel coefficients index the 256 columns
 ts = {i.name: torch.randn(shape, device=device) for i in block.inputs}
 cs = {c.name: torch.rand(256 if is_per_channel(c) else (), device=device) for c in block.coefficients}

@@ -106,11 +106,11 @@ def test_emit_checks_that_what_it_wrote_compiles_and_imports(tmp_path, monkeypat
     """A generator bug must not leave a module that does not load behind an exit status 0."""
     from unroll.lowering.triton import emit as generator
 
-    monkeypatch.setattr(generator, "source", lambda block: "def (:\n")
+    monkeypatch.setattr(generator, "module_source", lambda block: "def (:\n")
     result = CliRunner().invoke(cli, ["emit", "hb_net", "-o", str(tmp_path)])
     assert result.exit_code == 2 and "does not compile" in result.output, result.output
     assert not list(tmp_path.glob("*.py"))  # nothing written
-    monkeypatch.setattr(generator, "source", lambda block: "import no_such_module_here\n")
+    monkeypatch.setattr(generator, "module_source", lambda block: "import no_such_module_here\n")
     result = CliRunner().invoke(cli, ["emit", "hb_net", "-o", str(tmp_path)])
     assert result.exit_code == 2, result.output
     assert "does not import: ModuleNotFoundError" in result.output

@@ -72,8 +72,8 @@ def test_kernel_module_is_served_from_disk_after_a_restart(cache_dir, monkeypatc
     from unroll.lowering.triton import op
 
     calls = []
-    real = op.source
-    monkeypatch.setattr(op, "source", lambda block: calls.append(1) or real(block))
+    real = op.module_source
+    monkeypatch.setattr(op, "module_source", lambda block: calls.append(1) or real(block))
     first = op.kernel_module(unroll.schemes["heavy_ball"])
     cache._loaded.clear()
     second = op.kernel_module(unroll.schemes["heavy_ball"])

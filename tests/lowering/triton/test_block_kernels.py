@@ -105,7 +105,7 @@ def test_forward_and_backward_against_eager_and_sympy_float64(name, nan_empty):
     scheme = unroll.schemes[name]
     triton_op = block_update(scheme, backend="triton")
     eager = block_update(scheme, backend="torch")
-    block = triton_op.block
+    block = triton_op.view
     gen = torch.Generator().manual_seed(len(name))
     ts, cs = _values(block, _shape(block), torch.float64, gen, requires_grad=True)
     ts = {k: v.to(DEVICE) for k, v in ts.items()}
@@ -127,7 +127,7 @@ def test_forward_and_backward_against_eager_and_sympy_float64(name, nan_empty):
 
 @pytest.mark.parametrize("name", SCHEMES)
 def test_gradcheck_float64(name):
-    block = block_update(unroll.schemes[name], backend="triton").block
+    block = block_update(unroll.schemes[name], backend="triton").view
     gen = torch.Generator().manual_seed(1)
     ts, cs = _values(block, (2, 3, 1, 3) if block.per_channel else (2, 3), torch.float64, gen, True)
     update = kernel_module(block.ir.scheme, block.activation).update
@@ -153,7 +153,7 @@ SIZES = [1, 7, 31, 33, 4097]
 def _compare(name, dtype, shape, layout, gen):
     scheme = unroll.schemes[name]
     op = block_update(scheme, backend="triton")
-    block = op.block
+    block = op.view
     ts, cs = _values(block, shape, dtype, gen)
     if layout == "strided":  # every other element of a larger tensor: not contiguous
         ts = {k: torch.stack([v, v], dim=-1)[..., 0] for k, v in ts.items()}
@@ -196,7 +196,7 @@ def _compare(name, dtype, shape, layout, gen):
 @pytest.mark.parametrize("name", CASES)
 def test_dtypes_sizes_and_layouts(name, dtype, nan_empty):
     gen = torch.Generator().manual_seed(7)
-    per_channel = block_update(unroll.schemes[name]).block.per_channel
+    per_channel = block_update(unroll.schemes[name]).view.per_channel
     for n in SIZES:
         shape = (1, 3, n, 1) if per_channel else (n,)
         _compare(name, dtype, shape, "contiguous", gen)
@@ -438,9 +438,9 @@ def test_calling_a_block_kernel_neither_prints_nor_hashes_nor_loads(monkeypatch)
         raise AssertionError("called during a kernel call")
 
     for module, name in [
-        (op, "build"), (op, "kernel_block"), (op, "scheme_hash"), (op, "cache_key"),
-        (op, "source"), (op, "_load"), (emit, "scheme_hash"), (emit, "source"),
-        (block, "kernel_block"), (cache, "load"), (cache, "key"), (cache, "versions"),
+        (op, "build"), (op, "kernel_view"), (op, "scheme_hash"), (op, "cache_key"),
+        (op, "module_source"), (op, "_load"), (emit, "scheme_hash"), (emit, "module_source"),
+        (block, "kernel_view"), (cache, "load"), (cache, "key"), (cache, "versions"),
     ]:  # fmt: skip
         monkeypatch.setattr(module, name, boom)
     x = torch.randn(2, 3)

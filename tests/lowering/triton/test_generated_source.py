@@ -36,7 +36,7 @@ HOSTILE = [
     "x\nimport os; os.mkdir({marker!r}) #",
     "x\rimport os; os.mkdir({marker!r}) #",
     "x\\\nimport os; os.mkdir({marker!r}) #",
-    'ends in a backslash\\',
+    "ends in a backslash\\",
     'ends in a quote"',
     "\x00\u2028\x0c\x1b[31m; import os; os.mkdir({marker!r})",
 ]
@@ -138,7 +138,7 @@ def test_hostile_symbol_names_from_sympy_input(marker):
     benign = emit(unroll.compile("x_<k+1> = x_k - a ∇F"))[1]
     assert shape(emit(scheme)[1]) == shape(benign)
     op = block_update(scheme, backend="triton")
-    block = op.block
+    block = op.view
     t, g = torch.randn(4), torch.randn(4)
     tensors = dict(zip([i.name for i in block.inputs], [t, g], strict=True))
     (out,) = op(tensors, {block.coefficients[0].name: 0.5}).values()

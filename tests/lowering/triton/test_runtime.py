@@ -117,9 +117,9 @@ def test_one_op_per_scheme_however_often_its_module_loads(monkeypatch):
 def test_the_cache_key_covers_the_runtime(monkeypatch):
     """A module calls into the runtime: a new runtime must not load a module written for the
     old one."""
-    from unroll.lowering.triton.op import block_of
+    from unroll.lowering.triton.op import view_of
 
-    block = block_of(unroll.schemes["heavy_ball"])
+    block = view_of(unroll.schemes["heavy_ball"])
     before = cache_key(block)
     monkeypatch.setattr(runtime, "VERSION", "another runtime")
     assert cache_key(block) != before

@@ -1,6 +1,6 @@
 """The kernel view of a step: what a fused block-update kernel reads, computes and writes.
 
-``kernel_block(ir, activation) -> KernelBlock``, read off the step IR (`unroll.ir.step.build`):
+``kernel_view(ir, activation) -> KernelBlock``, read off the step IR (`unroll.ir.step.build`):
 one step is its operator calls (which PyTorch computes) and the elementwise updates of the
 tensor states. A block-update kernel computes those updates, every input read once and every
 new state written once, from
@@ -91,7 +91,7 @@ def leaf_text(leaf: Leaf) -> str:
 
 
 @functools.lru_cache(maxsize=256)
-def kernel_block(ir: StepIR, activation: str | None = None) -> KernelBlock:
+def kernel_view(ir: StepIR, activation: str | None = None) -> KernelBlock:
     """The kernel view of ``ir`` with ``activation`` (a name of `unroll.ir.activations`;
     default: the scheme's) as φ; memoised. Raises `UnrollError` for an implicit scheme, a
     scheme with φ and no activation, and a step that updates no tensor."""

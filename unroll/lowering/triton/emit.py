@@ -1,6 +1,6 @@
 """Block update -> a Triton kernel module (source text), and writing it.
 
-``source(block) -> str``. A generated module holds only what its scheme decides:
+``module_source(block) -> str``. A generated module holds only what its scheme decides:
 
 1. a header naming the scheme, its hash and the unroll and template versions, and a docstring
    with the equations it implements;
@@ -40,7 +40,7 @@ from unroll.lowering.cache import import_file, write_atomic
 from unroll.lowering.triton.block import (
     KernelBlock,
     is_per_channel,
-    kernel_block,
+    kernel_view,
     leaf_text,
     origin,
 )
@@ -262,7 +262,7 @@ def _tuple(items: Sequence[object]) -> str:
     return "(" + ", ".join(repr(x) for x in items) + ("," if len(items) == 1 else "") + ")"
 
 
-def source(block: KernelBlock) -> str:
+def module_source(block: KernelBlock) -> str:
     """The kernel module of ``block`` as text (see the module docstring for its shape)."""
     stem = module_stem(block)
     h = scheme_hash(block)
@@ -339,8 +339,8 @@ def _tidy(text: str) -> str:
 
 def emit(scheme, activation: str | None = None) -> tuple[KernelBlock, str]:
     """(block, module source) for ``scheme``."""
-    block = kernel_block(build(scheme), activation)
-    return block, source(block)
+    block = kernel_view(build(scheme), activation)
+    return block, module_source(block)
 
 
 def write(scheme, directory: str | Path, activation: str | None = None) -> tuple[KernelBlock, Path]:

@@ -32,17 +32,17 @@ from unroll.ir.step import Assign, Leaf, StepIR, build
 from unroll.lowering import cache
 from unroll.lowering.eager.evaluate import evaluate
 from unroll.lowering.triton import runtime
-from unroll.lowering.triton.block import KernelBlock, is_per_channel, kernel_block
-from unroll.lowering.triton.emit import TEMPLATE_VERSION, module_stem, scheme_hash, source
+from unroll.lowering.triton.block import KernelBlock, is_per_channel, kernel_view
+from unroll.lowering.triton.emit import TEMPLATE_VERSION, module_source, module_stem, scheme_hash
 
 Backend = Literal["auto", "torch", "triton"]
 BACKENDS = ("auto", "torch", "triton")
 
 
 @functools.cache
-def block_of(scheme: Scheme, activation: str | None = None) -> KernelBlock:
-    """The kernel view of ``scheme``'s step IR (`unroll.lowering.triton.block.kernel_block`)."""
-    return kernel_block(build(scheme), activation)
+def view_of(scheme: Scheme, activation: str | None = None) -> KernelBlock:
+    """The kernel view of ``scheme``'s step IR (`unroll.lowering.triton.block.kernel_view`)."""
+    return kernel_view(build(scheme), activation)
 
 
 def cache_key(block: KernelBlock) -> str:
@@ -58,12 +58,12 @@ def _load(block: KernelBlock) -> ModuleType:
         import triton  # noqa: F401
     except ImportError:  # pragma: no cover - exercised where Triton is absent
         raise UnrollError("backend='triton' needs Triton: pip install 'unroll[triton]'") from None
-    return cache.load(module_stem(block), cache_key(block), lambda: source(block))
+    return cache.load(module_stem(block), cache_key(block), lambda: module_source(block))
 
 
 def kernel_module(scheme: Scheme, activation: str | None = None) -> ModuleType:
     """The generated kernel module of ``scheme``: from the disk cache, generated when missing."""
-    return _load(block_of(scheme, activation))
+    return _load(view_of(scheme, activation))
 
 
 @dataclass(frozen=True, eq=False)
@@ -99,8 +99,8 @@ class BlockKernel:
 def block_kernel(ir: StepIR, activation: str | None = None) -> BlockKernel:
     """The `BlockKernel` of ``ir`` with ``activation`` as φ (default: the scheme's); memoised,
     so its module is generated, hashed and loaded once per process. Raises `UnrollError` where
-    there is no kernel (see `kernel_block`) or no Triton."""
-    view = kernel_block(ir, activation)
+    there is no kernel (see `kernel_view`) or no Triton."""
+    view = kernel_view(ir, activation)
     op = _load(view).OP
     return BlockKernel(ir, view.inputs, view.coefficients, view.outputs, view, op)
 
@@ -133,11 +133,11 @@ def eager(block: KernelBlock, tensors: Sequence[Any], coefficients: Sequence[Any
 class BlockUpdate:
     """One step's elementwise update of a scheme: ``update(tensors, coefficients)`` -> new
     states by state name. ``tensors`` maps the block's input names (``x_k``, ``x_km1``,
-    ``o_0``: see ``block.inputs``) to tensors of one shape; ``coefficients`` maps coefficient
+    ``o_0``: see ``view.inputs``) to tensors of one shape; ``coefficients`` maps coefficient
     names (``beta`` or ``β``) to numbers or tensors (per channel: C values); a parameter left
     out takes the scheme's default."""
 
-    block: KernelBlock
+    view: KernelBlock
     backend: Backend = "auto"
 
     def backend_for(self, device_type: str) -> str:
@@ -149,7 +149,7 @@ class BlockUpdate:
     def __call__(
         self, tensors: Mapping[str, Any], coefficients: Mapping[str, Any] | None = None
     ) -> dict[str, Any]:
-        b = self.block
+        b = self.view
         missing = [i.name for i in b.inputs if i.name not in tensors]
         if missing:
             raise UnrollError(
@@ -196,7 +196,7 @@ def block_update(
     """The block update of ``scheme`` as one call on ``backend`` ('auto', 'torch', 'triton')."""
     if backend not in BACKENDS:
         raise UnrollError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
-    return BlockUpdate(block_of(scheme, activation), backend)
+    return BlockUpdate(view_of(scheme, activation), backend)
 
 
 def forward_mode(values: Sequence[Any]) -> bool:
