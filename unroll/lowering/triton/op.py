@@ -162,7 +162,7 @@ class BlockUpdate:
             self.backend == "auto" and forward_mode([*ts, *cs])
         ):
             return dict(zip(b.states, eager(b, ts, cs), strict=True))
-        if not _triton_ok(ts[0].device.type) and not forward_mode([*ts, *cs]):
+        if not _triton_ok(ts[0].device.type):
             raise UnrollError(
                 "backend='triton' runs on CUDA tensors (or on the CPU with TRITON_INTERPRET=1)"
             )

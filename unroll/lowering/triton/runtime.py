@@ -80,12 +80,15 @@ def layout(ref: torch.Tensor, per_channel: bool) -> Layout:
 
 def tiles(M: int, K: int) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_K, GRID_K, GRID_M): a tile of at most `TILE` elements, as wide as K
-    allows, and the number of tiles along each axis (the grid is their product)."""
-    import triton
+    allows (powers of two, as ``tl.arange`` needs), and the number of tiles along each axis
+    (the grid is their product)."""
+    block_k = min(_next_power_of_2(K), TILE)
+    block_m = min(_next_power_of_2(M), max(1, TILE // block_k))
+    return block_m, block_k, -(-K // block_k), -(-M // block_m)
 
-    block_k = min(triton.next_power_of_2(max(K, 1)), TILE)
-    block_m = min(triton.next_power_of_2(max(M, 1)), max(1, TILE // block_k))
-    return block_m, block_k, triton.cdiv(K, block_k), triton.cdiv(M, block_m)
+
+def _next_power_of_2(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
 
 
 def compute_dtype(dtype: torch.dtype) -> Any:
@@ -182,21 +185,23 @@ class BlockOp:
                     f"{t.device}, but {self.inputs[0]} is {tuple(ref.shape)} {ref.dtype} on "
                     f"{ref.device}: inputs share shape, dtype and device"
                 )
+        channels = layout(ref, True).C if self.any_per_channel else 1
         for name, per_channel, c in zip(
             self.coefficients, self.per_channel, coefficients, strict=True
         ):
-            want = layout(ref, True).C if per_channel else 1
+            want = channels if per_channel else 1
             if c.numel() != want:
                 raise UnrollError(
                     f"block update of {self.scheme!r}: {name}: {c.numel()} values, expected {want}"
                 )
-        import triton
+        if ref.device.type != "cuda":
+            import triton
 
-        if ref.device.type != "cuda" and not triton.knobs.runtime.interpret:
-            raise UnrollError(
-                "the Triton kernels run on CUDA tensors; set TRITON_INTERPRET=1 to run them in "
-                "Triton's interpreter on the CPU"
-            )
+            if not triton.knobs.runtime.interpret:
+                raise UnrollError(
+                    "the Triton kernels run on CUDA tensors; set TRITON_INTERPRET=1 to run them "
+                    "in Triton's interpreter on the CPU"
+                )
 
     def forward(
         self, tensors: Sequence[torch.Tensor], coefficients: Sequence[torch.Tensor]
