@@ -454,3 +454,11 @@ def test_block_kernel_refuses_forward_mode():
     x, v = torch.randn(2, 4), torch.randn(2, 4)
     with pytest.raises(UnrollError, match="no forward-mode rule"):
         torch.func.jvp(lambda o: kernel([x, o], [1.0])[0], (x,), (v,))
+
+
+def test_triton_available_says_whether_triton_imports():
+    import importlib.util
+
+    from unroll.lowering.triton.op import triton_available
+
+    assert triton_available() is (importlib.util.find_spec("triton") is not None)

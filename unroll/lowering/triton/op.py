@@ -105,11 +105,23 @@ def block_kernel(ir: StepIR, activation: str | None = None) -> BlockKernel:
     return BlockKernel(ir, view.inputs, view.coefficients, view.outputs, view, op)
 
 
-def _triton_ok(device_type: str) -> bool:
+@functools.cache
+def triton_available() -> bool:
+    """Whether Triton can be imported here."""
     try:
-        import triton
+        import triton  # noqa: F401
     except ImportError:
         return False
+    return True
+
+
+def _triton_ok(device_type: str) -> bool:
+    """Whether the kernels run on tensors of ``device_type``: CUDA, or the CPU under
+    ``TRITON_INTERPRET=1`` (Triton's interpreter)."""
+    if not triton_available():
+        return False
+    import triton
+
     return device_type == "cuda" or bool(triton.knobs.runtime.interpret)
 
 
