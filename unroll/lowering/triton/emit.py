@@ -47,7 +47,7 @@ from unroll.lowering.triton.block import (
 from unroll.lowering.triton.printer import TritonPrinter, helper_source, prepare
 
 # Bump when the generated text changes for the same block (part of every cache key).
-TEMPLATE_VERSION = 4
+TEMPLATE_VERSION = 5
 DTYPE = "_CDT"  # the compute dtype constexpr in every kernel
 STEM_LENGTH = 40  # a name's share of file names (a file name holds at most 255 bytes)
 
@@ -278,13 +278,16 @@ def module_source(block: KernelBlock) -> str:
     if block.activation:
         implements += f"\n    with φ = {block.activation}"
     calls = "\n".join(f"    {c.text()}" for c in block.ir.calls) or "    (none)"
+    host = "".join(f"\n    {a.name} = {expr_text(a.expr)}" for a in block.ir.host)
+    if host:
+        host = "\nand the caller has computed the host values (scalars) it passes:" + host
     returns = ", ".join(f"{s!r}: {o}" for s, o in zip(block.states, outs, strict=True))
     doc = f"""Fused block update of scheme {name!r}: one Triton kernel forward, one backward.
 
 Per element (a coefficient is one value for every element, or one per channel):
 {implements}
 once PyTorch has computed the operator outputs:
-{calls}
+{calls}{host}
 ``update({", ".join(ins + coefs)})`` returns {{{returns}}}: tensors of one shape and
 float dtype, coefficients numbers or 1-element tensors (PER_CHANNEL ones: C values, indexing
 dimension 1). ``OP(tensors, coefficients)`` takes them in order and returns the outputs in order.
