@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 
 import pytest
 
@@ -71,9 +72,21 @@ def test_kernel_module_is_served_from_disk_after_a_restart(cache_dir, monkeypatc
     from unroll.lowering.triton import op
 
     calls = []
-    real = op.source
-    monkeypatch.setattr(op, "source", lambda block: calls.append(1) or real(block))
+    real = op.module_source
+    monkeypatch.setattr(op, "module_source", lambda block: calls.append(1) or real(block))
     first = op.kernel_module(unroll.schemes["heavy_ball"])
     cache._loaded.clear()
     second = op.kernel_module(unroll.schemes["heavy_ball"])
     assert len(calls) == 1 and first is not second and first.__file__ == second.__file__
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_written_files_get_the_mode_the_umask_gives(tmp_path, umask, mode):
+    """As open() would create them (0666 less the umask), not mkstemp's private 0600."""
+    old = os.umask(umask)
+    try:
+        path = cache.write_atomic(tmp_path / "x.py", "A = 1\n")
+        cache.write_atomic(tmp_path / "x.py", "A = 2\n")  # replacing keeps to the rule
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == mode

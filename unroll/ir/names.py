@@ -38,7 +38,7 @@ _SUBSCRIPTS = str.maketrans("₀₁₂₃₄₅₆₇₈₉", "0123456789")
 # import, and the names of kernel arguments and locals their templates write.
 GENERATED = frozenset(
     {
-        "torch", "triton", "tl", "math", "ops", "F", "nn",
+        "torch", "triton", "tl", "math", "ops", "F", "nn", "runtime",
         "mask", "offs", "rows", "cols", "pid", "part", "layer", "wmask", "off",
         "M", "K", "C", "N", "B", "GRID_K", "CHANNEL_ROWS",
         "BLOCK_M", "BLOCK_K", "BLOCK_N", "CDT", "COMPUTE", "PREC", "STORE", "STORE_P",

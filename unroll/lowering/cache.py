@@ -21,11 +21,15 @@ from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
+import torch
+
+from unroll import __version__
 from unroll.errors import UnrollError
 
 _FOOTER = "# unroll content sha256: "
 _loaded: dict[str, ModuleType] = {}
 _lock = threading.Lock()
+_umask_lock = threading.Lock()
 
 
 def cache_dir() -> Path:
@@ -48,10 +52,6 @@ def key(*parts: object) -> str:
 
 def versions() -> tuple[str, str, str]:
     """(unroll, torch, triton) versions: part of every key."""
-    import torch
-
-    from unroll import __version__
-
     try:
         import triton
 
@@ -61,12 +61,23 @@ def versions() -> tuple[str, str, str]:
     return __version__, torch.__version__, tv
 
 
+def _umask() -> int:
+    """The process's umask (read by setting it, so under a lock of its own)."""
+    with _umask_lock:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
 def write_atomic(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` so that a reader sees the old file or the whole new one."""
+    """Write ``text`` to ``path`` so that a reader sees the old file or the whole new one. The
+    file gets the mode ``open`` would give a new one (0666 less the umask: 0644 usually), not
+    the private 0600 of the temporary file it is written through."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()

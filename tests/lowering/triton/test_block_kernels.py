@@ -21,7 +21,9 @@ pytest.importorskip("triton")
 
 import unroll  # noqa: E402
 from unroll import UnrollError  # noqa: E402
-from unroll.lowering.triton.op import block_update, kernel_module  # noqa: E402
+from unroll.ir.step import build  # noqa: E402
+from unroll.lowering.triton.block import is_per_channel  # noqa: E402
+from unroll.lowering.triton.op import block_kernel, block_update, kernel_module  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SCHEMES = sorted(unroll.schemes)
@@ -68,7 +70,7 @@ def _values(block, shape, dtype, gen, requires_grad=False, coef_dtype=None):
     }
     cs = {}
     for c in block.coefficients:
-        n = (shape[1] if len(shape) > 1 else shape[0]) if c.per_channel else ()
+        n = (shape[1] if len(shape) > 1 else shape[0]) if is_per_channel(c) else ()
         cs[c.name] = (0.5 * torch.randn(n, generator=gen, dtype=torch.float64)).to(
             coef_dtype or (torch.float64 if dtype == torch.float64 else torch.float32)
         )
@@ -85,11 +87,11 @@ def _sympy_reference(block, ts, cs):
     args = [ts[i.name].detach().double().numpy() for i in block.inputs]
     for c in block.coefficients:
         v = cs[c.name].detach().double().numpy()
-        if c.per_channel and ref.dim() > 1:
+        if is_per_channel(c) and ref.dim() > 1:
             v = v.reshape(-1, *([1] * (ref.dim() - 2)))
         args.append(v)
-    for o in block.outputs:
-        f = sp.lambdify(syms, o.expr, modules=["numpy"])
+    for o, expr in zip(block.outputs, block.expressions, strict=True):
+        f = sp.lambdify(syms, expr, modules=["numpy"])
         out[o.state] = torch.as_tensor(np.broadcast_to(f(*args), ref.shape).copy())
     return out
 
@@ -103,7 +105,7 @@ def test_forward_and_backward_against_eager_and_sympy_float64(name, nan_empty):
     scheme = unroll.schemes[name]
     triton_op = block_update(scheme, backend="triton")
     eager = block_update(scheme, backend="torch")
-    block = triton_op.block
+    block = triton_op.view
     gen = torch.Generator().manual_seed(len(name))
     ts, cs = _values(block, _shape(block), torch.float64, gen, requires_grad=True)
     ts = {k: v.to(DEVICE) for k, v in ts.items()}
@@ -125,10 +127,10 @@ def test_forward_and_backward_against_eager_and_sympy_float64(name, nan_empty):
 
 @pytest.mark.parametrize("name", SCHEMES)
 def test_gradcheck_float64(name):
-    block = block_update(unroll.schemes[name], backend="triton").block
+    block = block_update(unroll.schemes[name], backend="triton").view
     gen = torch.Generator().manual_seed(1)
     ts, cs = _values(block, (2, 3, 1, 3) if block.per_channel else (2, 3), torch.float64, gen, True)
-    update = kernel_module(block.scheme, block.activation).update
+    update = kernel_module(block.ir.scheme, block.activation).update
     if block.activation == "relu":  # keep away from the kink: finite differences straddle it
         for v in ts.values():
             v.data = v.data.abs() + 0.5
@@ -151,7 +153,7 @@ SIZES = [1, 7, 31, 33, 4097]
 def _compare(name, dtype, shape, layout, gen):
     scheme = unroll.schemes[name]
     op = block_update(scheme, backend="triton")
-    block = op.block
+    block = op.view
     ts, cs = _values(block, shape, dtype, gen)
     if layout == "strided":  # every other element of a larger tensor: not contiguous
         ts = {k: torch.stack([v, v], dim=-1)[..., 0] for k, v in ts.items()}
@@ -194,7 +196,7 @@ def _compare(name, dtype, shape, layout, gen):
 @pytest.mark.parametrize("name", CASES)
 def test_dtypes_sizes_and_layouts(name, dtype, nan_empty):
     gen = torch.Generator().manual_seed(7)
-    per_channel = block_update(unroll.schemes[name]).block.per_channel
+    per_channel = block_update(unroll.schemes[name]).view.per_channel
     for n in SIZES:
         shape = (1, 3, n, 1) if per_channel else (n,)
         _compare(name, dtype, shape, "contiguous", gen)
@@ -233,8 +235,8 @@ def test_coefficient_values_are_arguments_not_compile_time_constants(monkeypatch
 
         return Spy()
 
-    for k in ("hb_net_fwd_kernel", "hb_net_bwd_kernel"):
-        monkeypatch.setattr(module, k, spy(getattr(module, k)))
+    for k in ("forward_kernel", "backward_kernel"):  # what the shared runtime launches
+        monkeypatch.setattr(module.OP, k, spy(getattr(module.OP, k)))
     x = torch.randn(4, 3, 5, requires_grad=True)
     for beta in (0.5, -0.25):
         b = torch.full((3,), beta, requires_grad=True)
@@ -328,7 +330,7 @@ def test_bad_inputs_are_clear_errors():
 
 def test_auto_backend_is_torch_off_cuda():
     op = block_update(unroll.schemes["heavy_ball"])
-    assert op.resolve("cpu") == "torch"
+    assert op.backend_for("cpu") == "torch"
     x = torch.randn(5)
     out = op({"x_k": x, "x_km1": x, "o_0": x}, {"alpha": 0.1, "beta": 0.9})
     torch.testing.assert_close(out["x"], x - 0.1 * x)
@@ -406,3 +408,57 @@ def test_more_than_2_to_the_31_elements_on_gpu():
     torch.testing.assert_close(out[:3], torch.full((3,), 2.0, dtype=torch.float16, device="cuda"))
     want = 1 + 0.5 * torch.arange(5, dtype=torch.float16, device="cuda")
     torch.testing.assert_close(out[-5:], want)  # exact: small halves and integers in float16
+
+
+# -- the contract with unroll.lowering.nn: block_kernel(ir, activation) ------------------------
+def test_block_kernel_reads_ir_leaves_in_order_and_returns_the_updates():
+    """heavy ball: x_<k+1> = x_k + β(x_k − x_<k-1>) − α o_0, written out by hand in float64."""
+    ir = build(unroll.schemes["heavy_ball"])
+    kernel = block_kernel(ir)
+    assert block_kernel(ir) is kernel and kernel.ir is ir
+    assert [i.name for i in kernel.inputs] == ["x_k", "x_km1", "o_0"]
+    assert [c.name for c in kernel.coefficients] == ["alpha", "beta"]
+    assert kernel.outputs == ir.updates
+    assert all(any(leaf is x for x in (*ir.history, *ir.calls)) for leaf in kernel.inputs)
+    gen = torch.Generator().manual_seed(5)
+    x, xp, g = (torch.randn(4, 7, generator=gen, dtype=torch.float64) for _ in range(3))
+    (new,) = kernel([x, xp, g], [0.1, torch.tensor(0.9, dtype=torch.float64)])
+    torch.testing.assert_close(new, x + 0.9 * (x - xp) - 0.1 * g, rtol=1e-12, atol=1e-12)
+
+
+def test_calling_a_block_kernel_neither_prints_nor_hashes_nor_loads(monkeypatch):
+    """Everything a call needs is resolved by block_kernel, once: a call builds no view,
+    prints no source, hashes no scheme and touches no cache."""
+    from unroll.lowering import cache
+    from unroll.lowering.triton import block, emit, op
+
+    kernel = block_kernel(build(unroll.schemes["hb_net"]))
+
+    def boom(*args, **kwargs):
+        raise AssertionError("called during a kernel call")
+
+    for module, name in [
+        (op, "build"), (op, "kernel_view"), (op, "scheme_hash"), (op, "cache_key"),
+        (op, "module_source"), (op, "_load"), (emit, "scheme_hash"), (emit, "module_source"),
+        (block, "kernel_view"), (cache, "load"), (cache, "key"), (cache, "versions"),
+    ]:  # fmt: skip
+        monkeypatch.setattr(module, name, boom)
+    x = torch.randn(2, 3)
+    for _ in range(3):
+        (out,) = kernel([x, x, x], [0.5, torch.zeros(3)])
+        torch.testing.assert_close(out, torch.relu(x))  # β(x − x) = 0, b = 0
+
+
+def test_block_kernel_refuses_forward_mode():
+    kernel = block_kernel(build(unroll.schemes["forward_euler"]))
+    x, v = torch.randn(2, 4), torch.randn(2, 4)
+    with pytest.raises(UnrollError, match="no forward-mode rule"):
+        torch.func.jvp(lambda o: kernel([x, o], [1.0])[0], (x,), (v,))
+
+
+def test_triton_available_says_whether_triton_imports():
+    import importlib.util
+
+    from unroll.lowering.triton.op import triton_available
+
+    assert triton_available() is (importlib.util.find_spec("triton") is not None)

@@ -26,7 +26,6 @@ def command(schemes: tuple[str, ...], directory: Path, activation: str | None, e
     from unroll.errors import UnrollError
     from unroll.frontend.library import resolve
     from unroll.frontend.library import schemes as bundled
-    from unroll.lowering.triton.block import describe
     from unroll.lowering.triton.emit import write
 
     specs = list(bundled) if every else list(schemes)
@@ -39,5 +38,5 @@ def command(schemes: tuple[str, ...], directory: Path, activation: str | None, e
     for spec in specs:
         block, path = write(resolve(spec), directory, activation)
         click.echo(f"wrote {path}")
-        for line in describe(block).splitlines():
+        for line in block.describe().splitlines():
             click.echo(f"  {line}")

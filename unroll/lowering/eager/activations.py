@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 import sympy as sp
 import torch
@@ -111,6 +111,15 @@ class _Printer(TorchPrinter):
     def _print_erfc(self, expr):
         return f"{self._module_format('torch.erfc')}({self._print(expr.args[0])})"
 
+    def _print_Function(self, expr):
+        # An undefined function the caller names (φ): a call of that name.
+        if isinstance(expr, sp.core.function.AppliedUndef) and self._settings.get(
+            "allow_unknown_functions"
+        ):
+            args = ", ".join(self._print(a) for a in expr.args)
+            return f"{expr.func.__name__}({args})"
+        return super()._print_Function(expr)
+
     def _print_polylog(self, expr):
         order, arg = expr.args
         if order != 2:
@@ -151,5 +160,37 @@ def lambdify_torch(expr: sp.Expr, symbol: sp.Symbol) -> Callable:
         if not isinstance(out, torch.Tensor):
             return torch.full_like(x, float(out))
         return out.to(x.dtype).expand_as(x) if out.shape != x.shape else out.to(x.dtype)
+
+    return apply
+
+
+def lambdify_many(
+    args: Sequence[sp.Symbol],
+    exprs: Sequence[sp.Expr],
+    functions: Mapping[str, Callable] | None = None,
+) -> Callable[..., tuple]:
+    """A torch function of ``args`` (tensors or numbers) computing ``exprs`` elementwise, printed
+    once as `lambdify_torch` prints one expression; ``functions`` names the callables of
+    undefined functions in them (φ). Returns a tuple, each value of the first argument's shape
+    and dtype."""
+    prepared = [_floats(e.rewrite(sp.Piecewise)) for e in exprs]
+    table = {"_unroll_dilog": dilog, **(functions or {})}
+    printer = _Printer(
+        {"fully_qualified_modules": False, "inline": True, "allow_unknown_functions": True}
+    )
+    try:
+        fn = sp.lambdify(list(args), prepared, modules=[table, "torch"], printer=printer)
+    except PrintMethodNotImplementedError as e:
+        what = str(e).splitlines()[0].rsplit(" ", 1)[-1]
+        raise UnrollError(f"no torch evaluation for {what}") from None
+
+    def apply(*values):
+        ref = values[0]
+        out = []
+        for y in fn(*values):
+            if not isinstance(y, torch.Tensor):
+                y = torch.full_like(ref, float(y))
+            out.append(y.to(ref.dtype).expand_as(ref) if y.shape != ref.shape else y.to(ref.dtype))
+        return tuple(out)
 
     return apply

@@ -44,9 +44,9 @@ from unroll.lowering.eager.activations import torch_function
 from unroll.lowering.eager.program import EagerStep, advance, eager_step
 from unroll.lowering.eager.states import check_finite, initial_states, primary_state, stack_path
 from unroll.lowering.triton import op as triton_op
+from unroll.lowering.triton.op import BACKENDS
 from unroll.lowering.triton import tied as triton_tied
 
-BACKENDS = ("auto", "torch", "triton")
 STOCHASTIC = ("drop", "noise")
 INITS = ("default", "kaiming", "xavier", "orthogonal", "zeros")
 
@@ -665,7 +665,10 @@ def _fused(
     if backend == "triton":
         return True
     ref = next(v for v in current.values() if isinstance(v, torch.Tensor))
-    return ref.device.type == "cuda" and triton_op.triton_available()
+    if ref.device.type != "cuda" or not triton_op.triton_available():
+        return False
+    # the fused update has no forward-mode rule (torch.func.jvp, forward AD): PyTorch's has
+    return not triton_op.forward_mode(list(current.values()))
 
 
 # -- the network -------------------------------------------------------------------------------
