@@ -44,8 +44,8 @@ from unroll.lowering.eager.activations import torch_function
 from unroll.lowering.eager.program import EagerStep, advance, eager_step
 from unroll.lowering.eager.states import check_finite, initial_states, primary_state, stack_path
 from unroll.lowering.triton import op as triton_op
-from unroll.lowering.triton.op import BACKENDS
 from unroll.lowering.triton import tied as triton_tied
+from unroll.lowering.triton.op import BACKENDS
 
 STOCHASTIC = ("drop", "noise")
 INITS = ("default", "kaiming", "xavier", "orthogonal", "zeros")
