@@ -19,12 +19,12 @@ from typing import Any
 
 import sympy as sp
 
-from unroll.analysis._common import ode_view
+from unroll.analysis.ode import ode_step
 from unroll.analysis.series import Expander
 from unroll.errors import UnrollError
-from unroll.ir import vocabulary as ir
+from unroll.ir import vocabulary as vocab
 
-T = ir.T
+T = vocab.T
 
 
 def modified_equation(scheme, terms: int = 2, **params: Any) -> sp.Eq:
@@ -33,8 +33,8 @@ def modified_equation(scheme, terms: int = 2, **params: Any) -> sp.Eq:
     scheme's state and h its step (a scheme without a step reads each branch as h·f)."""
     if isinstance(terms, bool) or not isinstance(terms, int) or not 0 <= terms <= 6:
         raise UnrollError(f"terms must be an int from 0 to 6, not {terms!r}")
-    view = ode_view(scheme, "modified_equation", params)
-    u = sp.Function(view.state)(T)
+    step = ode_step(scheme, "modified_equation", params)
+    u = sp.Function(step.state)(T)
     f = sp.Function("f")
     n = terms + 1
     derivs = [u] + [u.diff(T, m) for m in range(1, n + 1)]
@@ -50,10 +50,9 @@ def modified_equation(scheme, terms: int = 2, **params: Any) -> sp.Eq:
         xi = sp.Dummy("ξ")
         return sp.Subs(sp.Derivative(f(xi), (xi, j)), xi, base_x)
 
-    history = {-j: at(-j) for j in range(view.depth)}
-    expander = Expander(view, n, taylor, autonomous=True)
-    residual = expander.residual(history, at(1))
-    h = view.h
+    history = {x: at(-j) for j, x in enumerate(step.history)}
+    residual = Expander(step, n, taylor, autonomous=True).residual(history, at(1))
+    h = step.h
     total = sp.expand(sum(c * h ** (m - 1) for m, c in enumerate(residual)))
     lhs, rhs = sp.S.Zero, sp.S.Zero
     for term in sp.Add.make_args(total):
@@ -61,7 +60,8 @@ def modified_equation(scheme, terms: int = 2, **params: Any) -> sp.Eq:
             rhs -= term
         else:
             lhs += term
-    return sp.Eq(_collect(lhs, h, derivs), _collect(rhs, h, []), evaluate=False)
+    lhs = step.scheme_form(_collect(lhs, h, derivs))
+    return sp.Eq(lhs, step.scheme_form(_collect(rhs, h, [])), evaluate=False)
 
 
 def _collect(e: sp.Expr, h: sp.Symbol, derivs: list) -> sp.Expr:

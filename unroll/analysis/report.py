@@ -15,8 +15,8 @@ from typing import Any
 import sympy as sp
 
 from unroll.analysis import rates, stability
-from unroll.analysis._common import ode_view
 from unroll.analysis.modified import modified_equation
+from unroll.analysis.ode import ode_step
 from unroll.analysis.order import order
 from unroll.errors import UnrollError
 
@@ -134,7 +134,7 @@ def facts(scheme, activation: str | None = None, mu: float = MU, L: float = L) -
             )
         if out["characteristic_roots"] and symbolic:
             out["zero_stable_at"] = {n: v for n, v in scheme.defaults().items() if n != "h"}
-        view, err = _try(ode_view, scheme, "stability")
+        view, err = _try(ode_step, scheme, "stability")
         out["stability_kind"] = None if view is None else ("R(z)" if view.depth == 1 else "π(ζ, z)")
     else:
         for key in ("order", "zero_stable", "stability_function", "modified_equation"):
