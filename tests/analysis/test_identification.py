@@ -111,6 +111,13 @@ def test_near_misses_are_not_recognised(text):
     assert identify(unroll.compile(text)) is None
 
 
+def test_a_template_with_no_canonical_form_is_an_error():
+    from unroll.analysis.identification import matches
+
+    with pytest.raises(unroll.UnrollError, match="not a linear combination"):
+        matches(unroll.schemes["heavy_ball"], "x_<k+1> = x_k f(x_k)")
+
+
 def test_identify_takes_a_bundled_name_and_refuses_other_things():
     assert identify("revnet") == "RevNet"
     with pytest.raises(unroll.UnrollError, match="identify takes a Scheme"):

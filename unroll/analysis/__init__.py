@@ -1,6 +1,6 @@
 """Analyses of schemes, each a pure function of a `Scheme` (one module per analysis).
 
-- `order` (order.py, with bseries.py): the order of consistency;
+- `order` (orders.py, with bseries.py): the order of consistency;
 - `characteristic_roots`, `is_zero_stable`, `stability_function`, `stability_region`
   (stability.py): zero-stability and absolute stability;
 - `modified_equation` (modified.py): the equation the scheme solves to higher order;
@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 from unroll.analysis.modified import modified_equation
-from unroll.analysis.order import order, order_conditions
+from unroll.analysis.orders import order, order_conditions
 from unroll.analysis.rates import (
     FAMILIES,
     LAM,

@@ -319,7 +319,10 @@ def _template(text: str) -> tuple[Canonical, dict, dict]:
     linear operator's gain, and the unknown of each parameter by its name in ``text``."""
     scheme = compile_scheme(text)
     c = canonical(scheme)
-    assert c is not None, text
+    if c is None:
+        raise UnrollError(
+            f"template {text!r} is not a linear combination of state values and operators"
+        )
     unknowns = {s: sp.Dummy(s.name) for s in c.symbols}
     ops = {o for o, kind in build(scheme, layer=True).operators().items() if kind != "grad"}
     gains = {name: sp.Dummy(f"g_{name}") for name in ops}

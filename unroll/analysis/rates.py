@@ -107,7 +107,7 @@ def history_labels(scheme) -> list[str]:
     ]
 
 
-def _check_interval(mu: Any, L: Any) -> tuple[float, float]:
+def check_interval(mu: Any, L: Any) -> tuple[float, float]:
     for name, v in (("mu", mu), ("L", L)):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             raise UnrollError(f"{name} must be a finite number, not {v!r}")
@@ -178,7 +178,7 @@ def rate(scheme, mu: float, L: float, **params: Any) -> float:
     """max over λ ∈ [μ, L] of the spectral radius of `iteration_matrix` (parameters from
     ``params``, else the scheme's defaults): the worst-case linear convergence factor per step
     on quadratics with curvatures in [μ, L]. Above 1 the scheme diverges on some λ."""
-    mu, L = _check_interval(mu, L)
+    mu, L = check_interval(mu, L)
     m, batch = _numeric_matrix(scheme, params)
     lams = np.linspace(mu, L, GRID)
     numeric = float(_spectral_radius(batch, lams).max())
@@ -189,10 +189,6 @@ def rate(scheme, mu: float, L: float, **params: Any) -> float:
     # The grid samples the same function, so it cannot exceed the true maximum (up to float
     # rounding); a larger grid value would mean a missed candidate, and the grid wins then.
     return max(exact, numeric)
-
-
-def _fast_rate(batch: Callable, mu: float, L: float, n: int = 401) -> float:
-    return float(_spectral_radius(batch, np.linspace(mu, L, n)).max())
 
 
 @dataclass(frozen=True)
@@ -287,7 +283,7 @@ def tune(scheme, mu: float, L: float) -> dict[str, float]:
     """Parameter values minimising `rate` over λ ∈ [μ, L]: the closed form for gradient descent,
     heavy ball and Nesterov (`known_tuning`), else a numerical search within each parameter's
     bounds (a step-like parameter with lower bound 0 and none above is searched in (0, 4/L])."""
-    mu, L = _check_interval(mu, L)
+    mu, L = check_interval(mu, L)
     known = known_tuning(scheme)
     if known is not None:
         return {n: float(v.subs({MU: mu, L_: L})) for n, v in known.params.items()}

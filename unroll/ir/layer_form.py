@@ -31,14 +31,14 @@ import sympy as sp
 from unroll.errors import UnrollError
 from unroll.frontend.printing import equation_text, expr_text
 from unroll.frontend.scheme import Parameter, Scheme
-from unroll.ir import vocabulary as ir
+from unroll.ir import vocabulary as vocab
 
 # The linear operator and the bias the rewrite introduces.
-W = ir.linear("W")
+W = vocab.linear("W")
 
 
 def _grad_apps(expr: sp.Basic) -> list[sp.Basic]:
-    return [a for a in ir.applications(expr) if ir.operator_kind(a) == "grad"]
+    return [a for a in vocab.applications(expr) if vocab.operator_kind(a) == "grad"]
 
 
 def _fresh_bias(scheme: Scheme) -> sp.Symbol:
@@ -58,7 +58,7 @@ def _realise_gradient(rhs: sp.Expr, bias: sp.Symbol, where: str) -> sp.Expr:
             continue
         for sub in sp.Add.make_args(sp.expand(term)):
             coeff, app = sub.as_independent(*_grad_apps(sub), as_Add=False)
-            if ir.operator_kind(app) != "grad" or _grad_apps(coeff):
+            if vocab.operator_kind(app) != "grad" or _grad_apps(coeff):
                 raise UnrollError(
                     f"{where}: ∇F enters nonlinearly ({expr_text(sub)}); the proximal reading "
                     "needs a term c ∇F(p)"
@@ -80,12 +80,12 @@ def _primal_states(scheme: Scheme, defs: dict) -> set[str]:
 
     def states_in(expr: sp.Basic, seen: frozenset) -> set[str]:
         out = set()
-        for ref in ir.state_refs(expr):
-            if ir.offset(ref, scheme.index) == 1 and ref in defs and ref not in seen:
+        for ref in vocab.state_refs(expr):
+            if vocab.offset(ref, scheme.index) == 1 and ref in defs and ref not in seen:
                 out |= states_in(defs[ref], seen | {ref})
             else:
                 out.add(ref.base.label.name)
-        for sym in ir.plain_symbols(expr):
+        for sym in vocab.plain_symbols(expr):
             if sym in defs and sym not in seen:
                 out |= states_in(defs[sym], seen | {sym})
         return out
@@ -104,7 +104,7 @@ def layer_form(scheme: Scheme) -> Scheme:
     if scheme.kind != "optimizer":
         return scheme
     name = scheme.name or str(scheme)
-    taken_w = [o for eq in scheme.equations for o in ir.applications(eq.rhs) if o.func == W]
+    taken_w = [o for eq in scheme.equations for o in vocab.applications(eq.rhs) if o.func == W]
     if taken_w:
         raise UnrollError(f"scheme {name!r} already uses W; its layer form would introduce W")
     bias = _fresh_bias(scheme)
@@ -130,7 +130,7 @@ def layer_form(scheme: Scheme) -> Scheme:
             continue  # a gradient-carrying stage is substituted where it is used
         rhs = eq.rhs.xreplace(carriers)
         if isinstance(lhs, sp.Indexed) and lhs.base.label.name in primal and _grad_apps(rhs):
-            rhs = ir.ACT(_realise_gradient(rhs, bias, where))
+            rhs = vocab.ACT(_realise_gradient(rhs, bias, where))
         elif _grad_apps(rhs):
             raise UnrollError(
                 f"{where}: ∇F in the update of {expr_text(lhs)}, which ∇F is not evaluated at; "
@@ -141,7 +141,7 @@ def layer_form(scheme: Scheme) -> Scheme:
     if deferred:  # pragma: no cover - _rederive only defers to equations that exist
         raise UnrollError(f"scheme {name!r}: cannot order the layer equations")
 
-    used = {s.name for eq in out for s in ir.plain_symbols(eq.rhs)}
+    used = {s.name for eq in out for s in vocab.plain_symbols(eq.rhs)}
     specs = [p for p in scheme.parameters.values() if p.name in used]
     specs.append(Parameter(bias.name, default=0.0, trainable=True, per_channel=True))
     states = {eq.lhs.base.label.name for eq in out if isinstance(eq.lhs, sp.Indexed)}
@@ -173,8 +173,8 @@ def _rederive(
         rest = sp.expand(eq.rhs - c * new)
         if (
             not c.free_symbols.isdisjoint(rest.atoms(sp.Indexed))
-            or ir.state_refs(c)
-            or list(ir.applications(c))
+            or vocab.state_refs(c)
+            or list(vocab.applications(c))
             or new in rest.atoms(sp.Indexed)
             or _grad_apps(rest)
         ):

@@ -33,11 +33,11 @@ def command(
     objective, order, zero-stability, stability function, modified equation, and for optimizer
     schemes the iteration matrix, rate and tuned parameters."""
     from unroll.analysis import report, stability_region
-    from unroll.analysis.rates import _check_interval
+    from unroll.analysis.rates import check_interval
     from unroll.frontend.library import resolve
 
     s = resolve(scheme)
-    _check_interval(mu, L)
+    check_interval(mu, L)
     facts = report.facts(s, activation=activation, mu=mu, L=L)
     if plot is not None:
         stability_region(s, plot=plot)

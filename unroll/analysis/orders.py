@@ -51,7 +51,9 @@ def _total_derivative(e: sp.Expr) -> sp.Expr:
             out += sp.diff(e, s) * partial_symbol(0, 0)
             continue
         i, j = index[s]
-        out += sp.diff(e, s) * (partial_symbol(i + 1, j) + partial_symbol(0, 0) * partial_symbol(i, j + 1))
+        out += sp.diff(e, s) * (
+            partial_symbol(i + 1, j) + partial_symbol(0, 0) * partial_symbol(i, j + 1)
+        )
     return sp.expand(out)
 
 
