@@ -29,7 +29,7 @@ def test_rk4_reads_as_four_branches_and_one_update():
     assert len(step.branches) == 4 and [len(step.updates)] == [1]
     h = step.h
     assert [sp.expand(b.tau) for b in step.branches] == [0, h / 2, h / 2, h]
-    assert all(b.timed for b in step.branches)
+    assert not step.autonomous and all(b.timed for b in step.branches)
     # the update, written back in the scheme's symbols, is the scheme's substituted equation
     x, k = sp.IndexedBase("x"), vocab.index_symbol("k")
     f, hs = sp.Function("f"), sp.Symbol("h")
@@ -42,9 +42,9 @@ def test_rk4_reads_as_four_branches_and_one_update():
     assert sp.expand(got - want) == 0
 
 
-def test_a_stepless_scheme_reads_each_branch_as_h_times_f():
+def test_autonomous_branches_and_a_stepless_scheme():
     step = ode_step(unroll.compile("a = f(x_k); x_<k+1> = x_k + h/2 (a + f(x_k + h a))"), "t")
-    assert not any(b.timed for b in step.branches)
+    assert step.autonomous and not any(b.timed for b in step.branches)
     poly = ode_step(unroll.schemes["polynet"], "t")
     assert poly.stepless and all(b.gain == poly.h for b in poly.branches)
     assert poly.scheme_form(poly.h) == sp.Symbol("h")

@@ -1,6 +1,7 @@
 """B-series (rooted trees) of a scheme's step: order conditions for systems, modified fields.
 
-Expanding one step on a scalar equation decides the order up to 4 only; from there on the elementary differentials of a system are independent where the scalar
+Expanding one step on a scalar equation decides the order up to 4 only (3 for an autonomous
+f); from there on the elementary differentials of a system are independent where the scalar
 ones are not, and the conditions are one per rooted tree t: a(t) = 1/γ(t) (Hairer, Nørsett,
 Wanner, section II.2; Hairer, Lubich, Wanner, section III.1).
 
@@ -14,9 +15,8 @@ coefficients free of h, and whose every f is evaluated at a B-series with a(∅)
 method: Runge–Kutta methods (explicit or implicit), linear multistep methods, predictor–corrector
 pairs. Past values enter as the exact solution, x_<k-j> = B(e_{-j}, x_k) with
 e_s(t) = s^|t|/γ(t), which is what the local error compares against. A branch written f(t, x) in
-a step must be evaluated at the time its state argument stands for (c = a(τ), the row-sum
-condition; a branch written f(x) is evaluated at t_k); then the autonomous conditions hold for
-f(t, x) too.
+a time-dependent step must be evaluated at the time its state argument stands for (c = a(τ),
+the row-sum condition); then the autonomous conditions hold for f(t, x) too.
 
 """
 
@@ -131,7 +131,7 @@ class BSeriesStep:
             c = sp.cancel(b.tau / h)
             if c.has(h):
                 raise NotBSeries("a time argument is not t plus a multiple of h")
-            times.append(c)
+            times.append(None if step.autonomous else c)
         numbers = [w for f in (*args, *(f for _, f in updates)) for w in f.values()]
         numbers += [c for c in times if c is not None]
         self.K, _ = construct_domain(numbers or [sp.S.One], extension=True, field=True)

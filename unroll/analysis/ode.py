@@ -9,8 +9,9 @@ does not apply. The step is a straight-line program over IR symbols:
 
 Conventions (documented once, here):
 
-- The ODE is ẋ = f(t, x); a branch written f(x) is evaluated at the step's time t_k, as at
-  run time (`unroll.lowering.eager`). Every branch (``f``, ``f_1``,
+- The ODE is ẋ = f(x) when every branch is written f(x) (an autonomous field, ∂f/∂t = 0), and
+  ẋ = f(t, x) when some branch is written f(t, x); then a branch written f(x) is evaluated at
+  the step's time t_k, as at run time (`unroll.lowering.eager`). Every branch (``f``, ``f_1``,
   ``g``, ...) is read as the same right-hand side f: FractalNet's f_1 and f_2 are two
   evaluations of one vector field, as in the Runge–Kutta reading of Lu et al. 2018.
 - The step is the parameter ``h`` (or ``Δt``, ``dt``). A residual network without a step
@@ -83,6 +84,7 @@ class OdeStep:
     branches: tuple[Branch, ...]
     updates: tuple[Assignment, ...]
     stepless: bool
+    autonomous: bool
 
     @property
     def depth(self) -> int:
@@ -196,6 +198,7 @@ def _ode_step(scheme: Scheme, what: str, values: tuple) -> OdeStep:
             raise UnrollError(f"{name!r}: the index {index} appears in {where}")
         return e
 
+    timed = any(c.time is not None for c in ir.calls)
     branches = []
     for call in ir.calls:
         tau = sp.S.Zero
@@ -222,6 +225,7 @@ def _ode_step(scheme: Scheme, what: str, values: tuple) -> OdeStep:
         branches=tuple(branches),
         updates=tuple(updates),
         stepless=stepless,
+        autonomous=not timed,
     )
 
 

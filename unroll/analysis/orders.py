@@ -7,9 +7,10 @@ with zero, order by order in h. Two readings, the first that applies:
    pairs, ...): the rooted-tree conditions (`unroll.analysis.bseries`), which hold for systems.
 2. Otherwise the local error is expanded on a scalar equation (`unroll.analysis.series`).
    Derivatives of the solution come from the equation itself: x' = f, and d/dt acts on
-   ∂_t^i ∂_x^j f as ∂_t^{i+1} ∂_x^j f + f ∂_t^i ∂_x^{j+1} f. On scalar equations the
-   conditions of systems are told apart up to order 4; past that the order is an error rather
-   than a guess.
+   ∂_t^i ∂_x^j f as ∂_t^{i+1} ∂_x^j f + f ∂_t^i ∂_x^{j+1} f (the ∂_t terms vanish for an
+   autonomous f). On scalar equations the conditions of systems are told apart up to order 4
+   for f(t, x) and up to order 3 for f(x) (the trees f''(f, f'f) and f'f''(f,f) give one scalar
+   term); past that the order is an error rather than a guess.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from unroll.analysis.ode import OdeStep, ode_step
 from unroll.analysis.series import Expander, Series
 from unroll.errors import UnrollError
 
-SCALAR_DECIDES = 4  # the scalar expansion decides orders up to this one
+SCALAR_DECIDES = 4  # the scalar expansion of f(t, x) decides orders up to this one (f(x): one less)
 ORDER_LIMIT = 8  # orders beyond this one are reported as an error, not computed
 
 X0 = sp.Symbol("x_0")
@@ -43,7 +44,7 @@ def _partial_index() -> dict[sp.Symbol, tuple[int, int]]:
     }
 
 
-def _total_derivative(e: sp.Expr) -> sp.Expr:
+def _total_derivative(e: sp.Expr, autonomous: bool) -> sp.Expr:
     out = sp.S.Zero
     index = _partial_index()
     for s in e.free_symbols:
@@ -51,24 +52,23 @@ def _total_derivative(e: sp.Expr) -> sp.Expr:
             out += sp.diff(e, s) * partial_symbol(0, 0)
             continue
         i, j = index[s]
-        out += sp.diff(e, s) * (
-            partial_symbol(i + 1, j) + partial_symbol(0, 0) * partial_symbol(i, j + 1)
-        )
+        dt = sp.S.Zero if autonomous else partial_symbol(i + 1, j)
+        out += sp.diff(e, s) * (dt + partial_symbol(0, 0) * partial_symbol(i, j + 1))
     return sp.expand(out)
 
 
 @functools.cache
-def solution_derivatives(n: int) -> tuple[sp.Expr, ...]:
+def solution_derivatives(n: int, autonomous: bool = False) -> tuple[sp.Expr, ...]:
     """x, x', ..., x^(n) of the exact solution at t_k, in the partial derivatives of f."""
     out = [X0, partial_symbol(0, 0)]
     while len(out) <= n:
-        out.append(_total_derivative(out[-1]))
+        out.append(_total_derivative(out[-1], autonomous))
     return tuple(out[: n + 1])
 
 
-def exact_series(s: int, n: int) -> Series:
+def exact_series(s: int, n: int, autonomous: bool = False) -> Series:
     """x(t_k + s h) as a series in h."""
-    d = solution_derivatives(n)
+    d = solution_derivatives(n, autonomous)
     return [sp.expand(d[m] * sp.Integer(s) ** m / sp.factorial(m)) for m in range(n + 1)]
 
 
@@ -82,9 +82,10 @@ def _taylor(i: int, j: int, base_t: sp.Expr, base_x: sp.Expr) -> sp.Expr:
 
 def local_error(step: OdeStep, n: int) -> Series:
     """x(t_k + h) − x_<k+1> (exact past values) on a scalar equation, as a series up to h^n."""
-    history = {x: exact_series(-j, n) for j, x in enumerate(step.history)}
-    new = Expander(step, n, _taylor, False).new_value(history, history[step.history[0]])
-    return [sp.expand(a - b) for a, b in zip(exact_series(1, n), new, strict=True)]
+    auto = step.autonomous
+    history = {x: exact_series(-j, n, auto) for j, x in enumerate(step.history)}
+    new = Expander(step, n, _taylor, auto).new_value(history, history[step.history[0]])
+    return [sp.expand(a - b) for a, b in zip(exact_series(1, n, auto), new, strict=True)]
 
 
 def _vanishes(c: sp.Expr) -> bool:
@@ -117,12 +118,12 @@ def order_of(step: OdeStep) -> int:
                 f"{step.name!r}: the order exceeds {ORDER_LIMIT}, the largest computed"
             )
         return p
-    decides = SCALAR_DECIDES
+    decides = SCALAR_DECIDES - 1 if step.autonomous else SCALAR_DECIDES
     first = _first_nonzero(local_error(step, decides + 1))
     if first is not None:
         return max(first - 1, 0)
     raise UnrollError(
-        f"{step.name!r} has order at least {decides + 1} on scalar equations, but it is neither "
+        f"{step.name!r} has order at least {decides + 1} on scalar equations, but it is not "
         f"a B-series method ({reason}), so its order on systems is "
         "not decided"
     )
