@@ -69,3 +69,12 @@ def test_bad_input_is_one_line_and_exit_2(args, words):
     r = invoke(*args)
     assert r.exit_code == 2
     assert words in r.output and r.output.count("\n") == 1
+
+
+def test_modified_equation_is_shown_in_the_standard_form():
+    # Forward Euler: ẋ = f − (h/2) f'f + O(h²), the first correction of backward error analysis.
+    r = invoke("forward_euler")
+    assert "modified equation: dx/dt = f - f'f*h/2 + O(h**2)" in r.output
+    r = invoke("lm_resnet")  # a multistep scheme also shows the form of Lu et al.
+    assert "modified equation: du/dt = f/(κ + 1)" in r.output
+    assert "modified equation, form of Lu et al.: (κ + 1)*Derivative(u(t), t)" in r.output

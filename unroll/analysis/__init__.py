@@ -3,13 +3,14 @@
 - `order` (orders.py, with bseries.py): the order of consistency;
 - `characteristic_roots`, `is_zero_stable`, `stability_function`, `stability_region`
   (stability.py): zero-stability and absolute stability;
-- `modified_equation` (modified.py): the equation the scheme solves to higher order;
+- `modified_equation`, `truncation_equation` (modified.py): the equation the scheme solves to
+  higher order (backward error analysis; the form of Lu et al. 2018);
 - `iteration_matrix`, `rate`, `tune` (rates.py): optimizer schemes on quadratics.
 """
 
 from __future__ import annotations
 
-from unroll.analysis.modified import modified_equation
+from unroll.analysis.modified import modified_equation, truncation_equation
 from unroll.analysis.orders import order, order_conditions
 from unroll.analysis.rates import (
     FAMILIES,
@@ -50,4 +51,5 @@ __all__ = [
     "order_conditions",
     "stability_function",
     "stability_region",
+    "truncation_equation",
 ]

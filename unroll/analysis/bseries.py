@@ -18,17 +18,26 @@ e_s(t) = s^|t|/γ(t), which is what the local error compares against. A branch w
 a time-dependent step must be evaluated at the time its state argument stands for (c = a(τ),
 the row-sum condition); then the autonomous conditions hold for f(t, x) too.
 
+The modified field of backward error analysis (Hairer, Lubich, Wanner, section IX.9) is the
+B-series vector field h f̃ = B(b, ·) whose exact flow the step follows: the values
+x_<k+s> = φ_{sh}(x_k) = B(exp(s b), x_k), put into the step, satisfy it to every order. The flow
+is the Lie series exp(s b) = Σ_m s^m/m! ∂_b^{m-1} b, where ∂_b a (the derivative of B(a, y)
+along B(b, y)) is a(∅) b(t) + Σ a(r) b(c) over the edges of t, r the part that keeps the root
+and c the subtree cut off: differentiating an elementary differential grafts the new argument
+onto each vertex.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import cache
-from math import prod
+from math import factorial, prod
 
 import sympy as sp
 from sympy.polys.constructor import construct_domain
 
 from unroll.analysis.ode import OdeStep, linear_parts
+from unroll.errors import UnrollError
 
 Tree = tuple
 
@@ -61,6 +70,44 @@ def gamma(tree: Tree) -> int:
     return size(tree) * prod(gamma(c) for c in tree)
 
 
+@cache
+def sigma(tree: Tree) -> int:
+    """The symmetry σ(t): the order of t's automorphism group."""
+    out = 1
+    for child in set(tree):
+        m = tree.count(child)
+        out *= factorial(m) * sigma(child) ** m
+    return out
+
+
+@cache
+def cuts(tree: Tree) -> tuple[tuple[Tree, Tree], ...]:
+    """(r, c) for every edge of ``tree``: c the subtree the edge cuts off, r what keeps the
+    root; edges that an automorphism exchanges are counted each."""
+    out = []
+    for i, child in enumerate(tree):
+        rest = tree[:i] + tree[i + 1 :]
+        out.append((rest, child))
+        for r, c in cuts(child):
+            out.append((tuple(sorted((*rest, r))), c))
+    return tuple(out)
+
+
+@cache
+def differential(tree: Tree) -> sp.Symbol:
+    """The elementary differential F(t) as a symbol named as in the literature: f, f'f,
+    f''(f,f), f'f'f, f'''(f,f,f), f''(f,f'f), f'f''(f,f), ..."""
+
+    def name(t: Tree) -> str:
+        if not t:
+            return "f"
+        if len(t) == 1:
+            return "f'" + name(t[0])
+        return "f" + "'" * len(t) + "(" + ",".join(name(c) for c in t) + ")"
+
+    return sp.Symbol(name(tree))
+
+
 def _h_degree(c: sp.Expr, h: sp.Symbol) -> int:
     """m for a coefficient c_0 h^m (c_0 free of h)."""
     c0, m = sp.powsimp(sp.factor(c)).as_coeff_exponent(h)
@@ -86,7 +133,7 @@ class BSeriesStep:
     must then be the exact solution's).
     """
 
-    def __init__(self, step: OdeStep):
+    def __init__(self, step: OdeStep, check_times: bool = True):
         self.step = step
         h = step.h
         # Each leaf is h^degree times a B-series: a state value h^0, a branch value gain·f
@@ -131,7 +178,7 @@ class BSeriesStep:
             c = sp.cancel(b.tau / h)
             if c.has(h):
                 raise NotBSeries("a time argument is not t plus a multiple of h")
-            times.append(None if step.autonomous else c)
+            times.append(None if step.autonomous or not check_times else c)
         numbers = [w for f in (*args, *(f for _, f in updates)) for w in f.values()]
         numbers += [c for c in times if c is not None]
         self.K, _ = construct_domain(numbers or [sp.S.One], extension=True, field=True)
@@ -216,3 +263,67 @@ def bseries_order(step: OdeStep, max_order: int) -> int:
             if b.compute(t, exact_history(b, t)) != b.number(sp.Rational(1, gamma(t))):
                 return n - 1
     return max_order
+
+
+def modified_field(step: OdeStep, max_size: int) -> dict[Tree, sp.Expr]:
+    """b(t) for every tree of up to ``max_size`` vertices: h f̃ = Σ_t h^|t|/σ(t) b(t) F(t) is
+    the field whose exact flow the step follows (see the module docstring). Raises `NotBSeries`
+    for a step that is not a B-series method and `UnrollError` for one that no field fits."""
+    probe = BSeriesStep(step)  # the time arguments, against the exact solution's times
+    for t in (None, ()):
+        probe.compute(t, exact_history(probe, t))
+    b = BSeriesStep(step, check_times=False)
+    K = b.K
+    offsets = {x: -j for j, x in enumerate(step.history)}
+    offsets[step.new] = 1
+    if b.compute(None, {x: K.one for x in step.history}, fixed={step.new: K.one}) != K.one:
+        raise UnrollError(
+            f"{step.name!r} is inconsistent (ρ(1) ≠ 0): a constant solution does not satisfy it, "
+            "so no field f̃ has a flow that does"
+        )
+    field: dict[Tree, object] = {}
+    lie: dict[int, dict[Tree, object]] = {1: field}  # ∂_b^{m-1} b, by m
+    for n in range(1, max_size + 1):
+        for t in trees(n):
+            for m in range(2, n + 1):
+                lie.setdefault(m, {})[t] = sum(
+                    (lie[m - 1].get(r, K.zero) * field[c] for r, c in cuts(t)), K.zero
+                )
+            # x_<k+s> at t is s b(t) + (terms of smaller trees, known): the residual is affine
+            # in b(t), so two evaluations give it.
+            higher = {
+                x: sum(
+                    (
+                        b.number(sp.Rational(s**m, factorial(m))) * lie[m][t]
+                        for m in range(2, n + 1)
+                    ),
+                    K.zero,
+                )
+                for x, s in offsets.items()
+            }
+            at_zero = _flow_residual(b, step, t, offsets, higher, K.zero)
+            slope = _flow_residual(b, step, t, offsets, higher, K.one) - at_zero
+            if slope == K.zero:
+                raise UnrollError(
+                    f"{step.name!r}: ρ'(1) = 0, so the step does not fix the field's leading term"
+                )
+            field[t] = -at_zero / slope
+            _flow_residual(b, step, t, offsets, higher, field[t])  # keep the solved values
+    return {t: sp.factor(K.to_sympy(v)) for t, v in field.items()}
+
+
+def _flow_residual(b: BSeriesStep, step: OdeStep, t: Tree, offsets: dict, higher: dict, bt):
+    """The step's new value minus the flow's x_<k+1>, at tree t, for b(t) = ``bt``."""
+    values = {x: b.number(s) * bt + higher[x] for x, s in offsets.items()}
+    new = values.pop(step.new)
+    return b.compute(t, values, fixed={step.new: new}) - new
+
+
+def series_terms(coefficients: dict[Tree, sp.Expr]) -> Iterator[tuple[int, sp.Expr]]:
+    """(n, Σ_{|t| = n} c(t)/σ(t) F(t)) for each tree size n present, smallest first, each
+    coefficient factored."""
+    by_size: dict[int, sp.Expr] = {}
+    for t, c in coefficients.items():
+        term = sp.factor(c / sigma(t)) * differential(t)
+        by_size[size(t)] = by_size.get(size(t), sp.S.Zero) + term
+    yield from sorted(by_size.items())

@@ -15,7 +15,7 @@ import sympy as sp
 
 from unroll.analysis import rates, stability
 from unroll.analysis.identification import identify
-from unroll.analysis.modified import modified_equation
+from unroll.analysis.modified import modified_equation, truncation_equation
 from unroll.analysis.objectives import objective
 from unroll.analysis.ode import ode_step
 from unroll.analysis.orders import order
@@ -27,6 +27,7 @@ from unroll.ir.layer_form import layer_form
 CATALOGUE_MU, CATALOGUE_L = 1.0, 100.0  # the curvatures the catalogue tunes for (κ = 100)
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 FIGURE = "stability.png"
+MAX_SHOWN_TERMS = 4  # the modified equation is shown to its leading correction, at most h^4
 
 
 def _try(fn, *args, **kwargs) -> tuple[Any, str | None]:
@@ -47,6 +48,17 @@ def _objective_text(obj: Any) -> str:
     if g is None:
         return " ".join(str(obj).split())
     return f"F(x) = ½ xᵀ(I − W)x − bᵀx + Σᵢ g(xᵢ), g(t) = {_text(g)} on {_text(domain)}"
+
+
+def _modified_text(eq: sp.Eq, state: str, h: sp.Symbol) -> str:
+    """``dx/dt = f + h(...) + ... + O(h^n)``, in rising powers of h."""
+    by_degree: dict[int, list] = {}
+    for term in sp.Add.make_args(eq.rhs.removeO()):
+        _, power = term.as_independent(h, as_Add=False)
+        by_degree.setdefault(int(sp.degree(power, h)), []).append(term)
+    terms = [_text(sp.Add(*by_degree[d])) for d in sorted(by_degree)]
+    text = " + ".join([*terms, _text(eq.rhs.getO())]).replace("+ -", "- ")
+    return f"d{state}/dt = {text}"
 
 
 def facts(
@@ -91,71 +103,89 @@ def facts(
             notes["objective"] = err
 
     if scheme.kind == "ode":
-        symbolic = False
-        for key, fn in (
-            ("order", order),
-            ("zero_stable", stability.is_zero_stable),
-            ("characteristic_roots", stability.characteristic_roots),
-            ("stability_function", stability.stability_function),
-            ("modified_equation", modified_equation),
-        ):
-            value, err = _try(fn, scheme)
-            if err:
-                notes[key] = err
-            if key == "characteristic_roots" and value is not None:
-                symbolic = any(isinstance(r, sp.Basic) and r.free_symbols for r in value)
-                value = [_text(r) for r in value]
-            elif isinstance(value, sp.Eq):
-                value = f"{_text(value.lhs)} = {_text(value.rhs)}"
-            elif isinstance(value, sp.Basic):
-                value = _text(value)
-            out[key] = value
-        if out["order"] == 0:
-            notes["order"] = (
-                "inconsistent with ẋ = f(x) for generic parameter values; the modified equation "
-                "shows the equation the scheme does approximate"
-            )
-        if out["characteristic_roots"] and symbolic:
-            out["zero_stable_at"] = {n: v for n, v in scheme.defaults().items() if n != "h"}
-        view, err = _try(ode_step, scheme, "stability")
-        out["stability_kind"] = None if view is None else ("R(z)" if view.depth == 1 else "π(ζ, z)")
+        _ode_facts(scheme, out, notes)
     else:
         for key in ("order", "zero_stable", "stability_function", "modified_equation"):
             out[key] = None
             notes[key] = f"not applicable: {scheme.kind} schemes have no step h"
 
     if scheme.kind == "optimizer":
-        matrix, err = _try(rates.iteration_matrix, scheme)
-        out["iteration_matrix"] = _text(matrix) if matrix is not None else None
-        if err:
-            notes["iteration_matrix"] = notes["rate"] = notes["tuned"] = err
-            out["rate_at_defaults"] = out["tuned"] = out["tuned_rate"] = None
-        else:
-            out["history"] = rates.history_labels(scheme)
-            out["mu"], out["L"] = mu, L
-            out["rate_at_defaults"], err = _try(rates.rate, scheme, mu, L)
-            if err:
-                notes["rate"] = err
-            known = rates.known_tuning(scheme)
-            out["tuned"], err = _try(rates.tune, scheme, mu, L)
-            if err:
-                notes["tuned"] = err
-                out["tuned_rate"] = None
-            else:
-                out["tuned_rate"] = rates.rate(scheme, mu, L, **out["tuned"])
-            out["tuning"] = (
-                {
-                    "method": f"closed form ({known.family.name}; {known.family.reference})",
-                    "parameters": {n: _text(v) for n, v in known.params.items()},
-                    "rate": _text(known.rate),
-                }
-                if known
-                else {"method": "numerical search"}
-            )
+        _rate_facts(scheme, mu, L, out, notes)
     else:
         notes["rate"] = "not applicable: not an optimizer scheme"
     out["notes"] = notes
     return out
+
+
+def _ode_facts(scheme, out: dict, notes: dict) -> None:
+    symbolic = False
+    for key, fn in (
+        ("order", order),
+        ("zero_stable", stability.is_zero_stable),
+        ("characteristic_roots", stability.characteristic_roots),
+        ("stability_function", stability.stability_function),
+    ):
+        value, err = _try(fn, scheme)
+        if err:
+            notes[key] = err
+        if key == "characteristic_roots" and value is not None:
+            symbolic = any(isinstance(r, sp.Basic) and r.free_symbols for r in value)
+            value = [_text(r) for r in value]
+        elif isinstance(value, sp.Basic):
+            value = _text(value)
+        out[key] = value
+    if out["order"] == 0:
+        notes["order"] = (
+            "inconsistent with ẋ = f for generic parameter values; the modified equation "
+            "shows the equation the scheme does approximate"
+        )
+    if out["characteristic_roots"] and symbolic:
+        out["zero_stable_at"] = {n: v for n, v in scheme.defaults().items() if n != "h"}
+    step, err = _try(ode_step, scheme, "stability")
+    out["stability_kind"] = None if step is None else ("R(z)" if step.depth == 1 else "π(ζ, z)")
+    # The backward-error form to its leading correction: h^p for a scheme of order p.
+    terms = min(max(out["order"] or 1, 1), MAX_SHOWN_TERMS)
+    eq, err = _try(modified_equation, scheme, terms)
+    out["modified_equation"] = (
+        None if eq is None else _modified_text(eq, step.state, step.scheme_form(step.h))
+    )
+    if err:
+        notes["modified_equation"] = err
+    if step is not None and (step.depth > 1 or eq is None):
+        eq, err = _try(truncation_equation, scheme, 2)
+        out["truncation_equation"] = None if eq is None else f"{_text(eq.lhs)} = {_text(eq.rhs)}"
+        if err:
+            notes["truncation_equation"] = err
+
+
+def _rate_facts(scheme, mu: float, L: float, out: dict, notes: dict) -> None:
+    matrix, err = _try(rates.iteration_matrix, scheme)
+    out["iteration_matrix"] = _text(matrix) if matrix is not None else None
+    if err:
+        notes["iteration_matrix"] = notes["rate"] = notes["tuned"] = err
+        out["rate_at_defaults"] = out["tuned"] = out["tuned_rate"] = None
+        return
+    out["history"] = rates.history_labels(scheme)
+    out["mu"], out["L"] = mu, L
+    out["rate_at_defaults"], err = _try(rates.rate, scheme, mu, L)
+    if err:
+        notes["rate"] = err
+    known = rates.known_tuning(scheme)
+    out["tuned"], err = _try(rates.tune, scheme, mu, L)
+    if err:
+        notes["tuned"] = err
+        out["tuned_rate"] = None
+    else:
+        out["tuned_rate"] = rates.rate(scheme, mu, L, **out["tuned"])
+    out["tuning"] = (
+        {
+            "method": f"closed form ({known.family.name}; {known.family.reference})",
+            "parameters": {n: _text(v) for n, v in known.params.items()},
+            "rate": _text(known.rate),
+        }
+        if known
+        else {"method": "numerical search"}
+    )
 
 
 _LABELS = [
@@ -170,6 +200,7 @@ _LABELS = [
     ("characteristic_roots", "roots of ρ(ζ)"),
     ("stability_function", "stability"),
     ("modified_equation", "modified equation"),
+    ("truncation_equation", "modified equation, form of Lu et al."),
     ("iteration_matrix", "iteration matrix on F = ½λx²"),
     ("rate_at_defaults", "rate at the defaults"),
     ("tuned", "tuned parameters"),
@@ -233,7 +264,10 @@ def markdown(schemes=None) -> str:
         "without a step (PolyNet, FractalNet) reads each branch as h·f, and every branch as the",
         "same f. Order 0 means inconsistent: the scheme does not converge to the solution of",
         "ẋ = f(x) (LM-ResNet for κ ≠ 0 solves (1 + κ)u̇ = f(u) instead, see its modified",
-        "equation). Optimizer schemes are analysed on F = ½λx² with λ ∈ "
+        "equation). The modified equation is the field of backward error analysis,",
+        "dx/dt = f + h f₂ + ..., in elementary differentials of f at x (f'f, f''(f,f), ...),",
+        "shown to its leading correction; multistep schemes also show the form of Lu et al. 2018.",
+        "Optimizer schemes are analysed on F = ½λx² with λ ∈ "
         f"[{CATALOGUE_MU:g}, {CATALOGUE_L:g}] (κ = {CATALOGUE_L / CATALOGUE_MU:g}).",
         "",
         f"![Stability regions]({FIGURE})",
@@ -273,6 +307,7 @@ def _is_formula(label: str) -> bool:
         "iteration matrix on F = ½λx²",
         "roots of ρ(ζ)",
         "objective",
+        "modified equation, form of Lu et al.",
     )
 
 
