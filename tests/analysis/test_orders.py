@@ -193,3 +193,32 @@ def test_autonomous_spelling_matches_measured_slope(text, expected):
         x = s.run(x0, n, f=lambda t, x: x * (1 - x), h=2.0 / n)
         errors.append(abs(float(x) - 1 / (1 + np.exp(-2.0))))
     assert p == expected and abs(slope(errors, steps) - p) <= SLOPE_TOL
+
+
+def test_linear_multistep_coefficients_are_nodepys():
+    # Σ a_j x_<n+j> = h Σ b_j f(x_<n+j>), read off the scheme text, against nodepy's (alpha,
+    # beta) for every multistep method of the catalogue; the order then follows from
+    # C_0 = Σ a_j, C_q = Σ j^q a_j − q Σ j^(q−1) b_j.
+    lm = pytest.importorskip("nodepy.linear_multistep_method")
+    from tests.analysis.catalogue import MULTISTEP
+    from unroll.analysis.ode import ode_step
+    from unroll.analysis.orders import linear_multistep
+
+    for name, (text, constructor, k) in MULTISTEP.items():
+        method = getattr(lm, constructor)(k)
+        a, b = linear_multistep(ode_step(unroll.compile(text), "order"))
+        assert [sp.nsimplify(v) for v in method.alpha] == a, name
+        assert [sp.nsimplify(v) for v in method.beta] == b, name
+    assert linear_multistep(ode_step(unroll.schemes["rk4"], "order")) is None  # stages
+
+
+def test_order_past_the_limit_is_an_error_not_a_guess():
+    # The 9-step Adams–Bashforth method has order 9, past ORDER_LIMIT = 8 (its coefficients
+    # as nodepy's Adams_Bashforth(9) gives them, times 3628800).
+    ab9 = unroll.compile(
+        "x_<k+1> = x_k + h/3628800 (14097247 f(x_k) - 43125206 f(x_<k-1>) + 95476786 f(x_<k-2>)"
+        " - 139855262 f(x_<k-3>) + 137968480 f(x_<k-4>) - 91172642 f(x_<k-5>)"
+        " + 38833486 f(x_<k-6>) - 9664106 f(x_<k-7>) + 1070017 f(x_<k-8>))"
+    )
+    with pytest.raises(unroll.UnrollError, match="exceeds 8"):
+        order(ab9)

@@ -144,3 +144,31 @@ def test_stability_refuses_schemes_it_does_not_cover():
         stability_function(unroll.schemes["revnet"])
     with pytest.raises(unroll.UnrollError, match="n must be"):
         stability_region(unroll.schemes["rk4"], n=1)
+
+
+@pytest.mark.parametrize("name", ["AB6", "BDF6", "AM5"])
+def test_region_of_a_multistep_method_is_the_root_moduli_numpy_finds(name):
+    # The region's largest root modulus, found by continuation across the grid, against
+    # np.roots at every 7th grid point. Simple roots agree to rounding; where two roots nearly
+    # meet, the root itself is only determined to about √eps·|root| (1.5e-8), hence 1e-7.
+    from tests.analysis.catalogue import MULTISTEP
+
+    s = unroll.compile(MULTISTEP[name][0])
+    region = stability_region(s, n=141)
+    coeffs = [sp.lambdify(Z, c) for c in sp.Poly(stability_function(s), ZETA).all_coeffs()]
+    for i in range(0, 141, 7):
+        for j in range(0, 141, 7):
+            z = complex(region.x[j], region.y[i])
+            want = np.abs(np.roots([complex(c(z)) for c in coeffs])).max()
+            assert region.modulus[i, j] == pytest.approx(want, rel=1e-7)
+
+
+def test_root_moduli_survive_double_roots():
+    # (ζ − 1)²(ζ + z): a double root at 1 for every z, the third root −z (a triple root at
+    # z = −1, found only to about eps^(1/3) ≈ 6e-6 by any method in float64, hence 2e-5).
+    from unroll.analysis.stability import largest_root_modulus
+
+    x, y = np.linspace(-2, 2, 41), np.linspace(-2, 2, 41)
+    zz = x[None, :] + 1j * y[:, None]
+    monic = np.stack([zz - 2, 1 - 2 * zz, zz])
+    assert np.allclose(largest_root_modulus(monic), np.maximum(1, np.abs(zz)), rtol=2e-5)

@@ -1,11 +1,15 @@
 """The order of consistency of an ODE scheme, decided from its step IR.
 
 The exact solution is put into one step and the local error x(t_k + h) − x_<k+1> is compared
-with zero, order by order in h. Two readings, the first that applies:
+with zero, order by order in h. Three readings, the first that applies:
 
-1. A B-series method (Runge–Kutta methods, linear multistep methods, predictor–corrector
-   pairs, ...): the rooted-tree conditions (`unroll.analysis.bseries`), which hold for systems.
-2. Otherwise the local error is expanded on a scalar equation (`unroll.analysis.series`).
+1. A linear multistep form, Σ_j a_j x_<n+j> = h Σ_j b_j f(x_<n+j>) (every f evaluated at a
+   state value, at that value's time when written f(t, x)): order p when the coefficient
+   conditions C_0 = Σ a_j = 0 and C_q = Σ j^q a_j − q Σ j^{q−1} b_j = 0 hold for q ≤ p
+   (Hairer, Nørsett, Wanner, section III.2); the local error is Σ_q C_q h^q x^(q)/q!.
+2. A B-series method (Runge–Kutta methods, predictor–corrector pairs, ...): the rooted-tree
+   conditions (`unroll.analysis.bseries`), which hold for systems.
+3. Otherwise the local error is expanded on a scalar equation (`unroll.analysis.series`).
    Derivatives of the solution come from the equation itself: x' = f, and d/dt acts on
    ∂_t^i ∂_x^j f as ∂_t^{i+1} ∂_x^j f + f ∂_t^i ∂_x^{j+1} f (the ∂_t terms vanish for an
    autonomous f). On scalar equations the conditions of systems are told apart up to order 4
@@ -21,7 +25,7 @@ from typing import Any
 import sympy as sp
 
 from unroll.analysis.bseries import NotBSeries, bseries_order
-from unroll.analysis.ode import OdeStep, ode_step
+from unroll.analysis.ode import OdeStep, linear_parts, ode_step
 from unroll.analysis.series import Expander, Series
 from unroll.errors import UnrollError
 
@@ -96,6 +100,50 @@ def _first_nonzero(series: Series) -> int | None:
     return next((m for m, c in enumerate(series) if not _vanishes(c)), None)
 
 
+def linear_multistep(step: OdeStep) -> tuple[list[sp.Expr], list[sp.Expr]] | None:
+    """(a, b) with Σ_j a_j x_<n+j> = h Σ_j b_j f(x_<n+j>), j = 0..s and n + s = k + 1, when the
+    step is a linear multistep form; None otherwise."""
+    if len(step.updates) != 1:
+        return None  # stages an implicit step solves for
+    s, h = step.depth, step.h
+    position = {x: s - 1 - j for j, x in enumerate(step.history)}
+    position[step.new] = s
+    for br in step.branches:
+        if br.arg not in position:
+            return None
+        if not step.autonomous and not _vanishes(br.tau - (position[br.arg] - s + 1) * h):
+            return None
+    leaves = (*step.history, *(br.symbol for br in step.branches))
+    parts = linear_parts(step.updates[0].expr, leaves)
+    if parts is None or parts[1] != 0:
+        return None
+    coeffs = parts[0]
+    a = [sp.S.Zero] * (s + 1)
+    b = [sp.S.Zero] * (s + 1)
+    a[s] = sp.S.One
+    for j, x in enumerate(step.history):
+        a[s - 1 - j] = -coeffs.get(x, sp.S.Zero)
+    for br in step.branches:
+        b[position[br.arg]] += sp.cancel(coeffs.get(br.symbol, sp.S.Zero) * br.gain / h)
+    if any(c.has(h) for c in (*a, *b)):
+        return None
+    return a, b
+
+
+def multistep_conditions(a: list, b: list, n: int) -> list[sp.Expr]:
+    """C_0, ..., C_n: the local error of the form is Σ_q C_q h^q x^(q)/q!."""
+    js = [sp.Integer(j) for j in range(len(a))]
+    out = [sp.expand(sum(a, sp.S.Zero))]
+    for q in range(1, n + 1):
+        out.append(
+            sp.expand(
+                sum((j**q * aj for j, aj in zip(js, a, strict=True)), sp.S.Zero)
+                - q * sum((j ** (q - 1) * bj for j, bj in zip(js, b, strict=True)), sp.S.Zero)
+            )
+        )
+    return out
+
+
 def order(scheme, **params: Any) -> int:
     """The order of consistency p of a one-state ODE scheme: the local error is O(h^{p+1}).
 
@@ -108,6 +156,14 @@ def order(scheme, **params: Any) -> int:
 @functools.lru_cache(maxsize=256)
 def order_of(step: OdeStep) -> int:
     """The order of ``step`` (see the module docstring for how it is decided)."""
+    lmm = linear_multistep(step)
+    if lmm is not None:
+        first = _first_nonzero(multistep_conditions(*lmm, ORDER_LIMIT + 1))
+        if first is None:
+            raise UnrollError(
+                f"{step.name!r}: the order exceeds {ORDER_LIMIT}, the largest computed"
+            )
+        return max(first - 1, 0)
     try:
         p = bseries_order(step, ORDER_LIMIT + 1)
     except NotBSeries as e:
@@ -123,8 +179,8 @@ def order_of(step: OdeStep) -> int:
     if first is not None:
         return max(first - 1, 0)
     raise UnrollError(
-        f"{step.name!r} has order at least {decides + 1} on scalar equations, but it is not "
-        f"a B-series method ({reason}), so its order on systems is "
+        f"{step.name!r} has order at least {decides + 1} on scalar equations, but it is neither "
+        f"a linear multistep form nor a B-series method ({reason}), so its order on systems is "
         "not decided"
     )
 
