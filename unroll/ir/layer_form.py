@@ -7,8 +7,9 @@ branch; ``φ`` and ``W`` are the layer) and come back unchanged. An optimizer sc
 - with h(x) = ½ xᵀ(I − W₀)x − b₀ᵀx one has p − α∇h(p) = W p + b for W = (1 − α)I + αW₀ and
   b = αb₀, so a gradient term ``c ∇F(p)`` of a state update is replaced by ``W p + b − p``
   (the step, whatever its coefficient, is absorbed into W and b), and
-- the update of every *primal* state (a state that ∇F is evaluated at, directly or through
-  stages) is wrapped in ``φ = prox_g``:
+- the update of every *primal* state is wrapped in ``φ = prox_g``: a state whose new value
+  (stages and other new values written out) is a plain gradient step p + c ∇F(p), or, when no
+  state's is, every state that ∇F is evaluated at, directly or through stages:
 
       x_<k+1> = E + c ∇F(p)     becomes     x_<k+1> = φ(E + W p + b − p).
 
@@ -17,7 +18,10 @@ branch; ``φ`` and ``W`` are the layer) and come back unchanged. An optimizer sc
 - A non-primal state that carries the gradient into a primal update, as the velocity v of
   ``v_<k+1> = β v_k − α∇F(x_k); x_<k+1> = x_k + v_<k+1>``, is substituted into that update
   first, and afterwards re-derived from the new primal value: x_<k+1> = E + c v_<k+1> gives
-  v_<k+1> = (x_<k+1> − E)/c. So the velocity form builds the same network as heavy ball.
+  v_<k+1> = (x_<k+1> − E)/c. So the velocity form builds the same network as heavy ball, and
+  Nesterov's velocity form ``v_<k+1> = β v_k − α∇F(x_k + β v_k); x_<k+1> = x_k + v_<k+1>``,
+  where x_<k+1> is the gradient step from x_k + β v_k, the same as AGD-Net:
+  x_<k+1> = φ(W(x_k + β v_k) + b), v_<k+1> = x_<k+1> − x_k.
 
 One gradient term per update is realised (several would each need their own W). ``α`` and
 whatever else only scaled ∇F disappears from the parameters; ``b`` (per channel, trainable,
@@ -75,8 +79,43 @@ def _realise_gradient(rhs: sp.Expr, bias: sp.Symbol, where: str) -> sp.Expr:
     return sp.Add(*kept) + W(point) + bias - point
 
 
+def _substituted(expr: sp.Expr, defs: dict) -> sp.Expr:
+    """``expr`` with stages and new values replaced by their definitions, recursively."""
+    for _ in range(len(defs) + 1):
+        done = expr.xreplace(defs)
+        if done == expr:
+            return expr
+        expr = done
+    return expr  # pragma: no cover - definitions that refer to themselves make a scheme implicit
+
+
+def _gradient_steps(scheme: Scheme, defs: dict) -> set[str]:
+    """Tensor states whose new value, stages and other new values written out, is one gradient
+    step p + c ∇F(p) and nothing else: Nesterov's x_<k+1> = y − α∇F(y), whether y is a stage or
+    x_k + β v_k through a velocity v."""
+    out = set()
+    for eq in scheme.equations:
+        if not isinstance(eq.lhs, sp.Indexed) or scheme.states[eq.lhs.base.label.name].scalar:
+            continue
+        rhs = sp.expand(_substituted(eq.rhs, defs))
+        apps = set(_grad_apps(rhs))
+        if len(apps) != 1:
+            continue
+        (app,) = apps
+        c = sp.expand(sp.diff(rhs, app))
+        if c == 0 or _grad_apps(c) or vocab.state_refs(c):
+            continue
+        if sp.expand(rhs - c * app - app.args[0]) == 0:
+            out.add(eq.lhs.base.label.name)
+    return out
+
+
 def _primal_states(scheme: Scheme, defs: dict) -> set[str]:
-    """Tensor states that ∇F is evaluated at, through stages and new values."""
+    """The states φ = prox_g wraps: those whose update is a gradient step p + c ∇F(p), else the
+    tensor states that ∇F is evaluated at, through stages and new values."""
+    steps = _gradient_steps(scheme, defs)
+    if steps:
+        return steps
 
     def states_in(expr: sp.Basic, seen: frozenset) -> set[str]:
         out = set()
