@@ -65,7 +65,8 @@ def facts(
     scheme, activation: str | None = None, mu: float = CATALOGUE_MU, L: float = CATALOGUE_L
 ) -> dict:
     """What unroll knows of ``scheme``, as JSON-ready data: each analysis's value (None where it
-    does not apply) and, in ``notes``, why an analysis is absent."""
+    does not apply) and, in ``notes``, why an analysis is absent. ``mu`` and ``L`` bound the
+    curvatures for an optimizer scheme's rates; they are checked only where they are used."""
     out: dict[str, Any] = {
         "scheme": scheme.name or None,
         "equations": str(scheme),
@@ -165,8 +166,8 @@ def _rate_facts(scheme, mu: float, L: float, out: dict, notes: dict) -> None:
         notes["iteration_matrix"] = notes["rate"] = notes["tuned"] = err
         out["rate_at_defaults"] = out["tuned"] = out["tuned_rate"] = None
         return
+    out["mu"], out["L"] = rates.check_interval(mu, L)  # used here: the user's error if bad
     out["history"] = rates.history_labels(scheme)
-    out["mu"], out["L"] = mu, L
     out["rate_at_defaults"], err = _try(rates.rate, scheme, mu, L)
     if err:
         notes["rate"] = err
@@ -210,7 +211,8 @@ _LABELS = [
 
 def _value_text(key: str, value: Any, f: dict) -> str:
     if key in ("rate_at_defaults", "tuned_rate"):
-        return f"{value:.4f} over λ ∈ [{f['mu']:g}, {f['L']:g}]"
+        verdict = " (diverges: the rate is 1 or more)" if value >= 1 else ""
+        return f"{value:.4f} over λ ∈ [{f['mu']:g}, {f['L']:g}]{verdict}"
     if key == "tuned":
         body = ", ".join(f"{n} = {v:.6g}" for n, v in value.items()) or "none"
         return f"{body} ({f['tuning']['method']})"
