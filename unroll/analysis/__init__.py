@@ -1,11 +1,15 @@
-"""Analyses of schemes, each a pure function of a `Scheme` (one module per analysis).
+"""Analyses of schemes, each a pure function of a `Scheme` (one module per analysis), each
+reading the scheme's step IR (`unroll.ir.step`; the ODE analyses through `unroll.analysis.ode`).
 
 - `order` (orders.py, with bseries.py): the order of consistency;
 - `characteristic_roots`, `is_zero_stable`, `stability_function`, `stability_region`
   (stability.py): zero-stability and absolute stability;
 - `modified_equation`, `truncation_equation` (modified.py): the equation the scheme solves to
   higher order (backward error analysis; the form of Lu et al. 2018);
-- `iteration_matrix`, `rate`, `tune` (rates.py): optimizer schemes on quadratics.
+- `iteration_matrix`, `rate`, `tune` (rates.py): optimizer schemes on quadratics;
+- `unroll.analysis.identification.identify`: which known architecture a scheme is;
+- `unroll.analysis.objectives.objective`: the objective behind a layer's activation;
+- `unroll.analysis.report.facts`: all of them for one scheme (`unroll inspect`, docs/schemes.md).
 """
 
 from __future__ import annotations
