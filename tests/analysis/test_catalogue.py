@@ -39,8 +39,8 @@ RUNGE_KUTTA = {
 def test_the_catalogue_is_the_one_meant():
     explicit = [n for n, m in RUNGE_KUTTA.items() if m.is_explicit()]
     implicit = [n for n, m in RUNGE_KUTTA.items() if not m.is_explicit()]
-    # nodepy 1.1.1: 26 explicit methods with exact coefficients and at most 7 stages (orders 1
-    # to 5: FE ... DP5, HH5), and 13 implicit ones (BE, Gauss, Radau, Lobatto, SDIRK).
+    # nodepy 1.1.1: 24 explicit methods the scheme language can write, with at most 7 stages
+    # (orders 1 to 5: FE ... DP5, HH5), and 13 implicit ones (BE, Gauss, Radau, Lobatto, SDIRK).
     assert len(explicit) >= 20 and {"RK44", "DP5", "CK5", "BuRK65"} <= set(explicit)
     assert len(implicit) >= 10 and {"GL3", "RadauIIA3", "SDIRK54"} <= set(implicit)
 
