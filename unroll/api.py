@@ -79,8 +79,14 @@ class Scheme(_passive.Scheme):
         return analysis.stability_region(self, *args, **kwargs)
 
     def modified_equation(self, terms: int = 2) -> sp.Expr:
-        """The modified equation of an ODE scheme, to ``terms`` correction terms."""
+        """The field the scheme follows to higher order (backward error analysis):
+        dx/dt = f + h^p f_p + ... in elementary differentials, to ``terms`` correction terms."""
         return analysis.modified_equation(self, terms)
+
+    def truncation_equation(self, terms: int = 2) -> sp.Expr:
+        """The scheme's Taylor relation between the derivatives of x and f (for multistep
+        schemes, the form Lu et al. write for LM-ResNet), to ``terms`` terms."""
+        return analysis.truncation_equation(self, terms)
 
     def iteration_matrix(self) -> sp.Matrix:
         """One step of an optimizer scheme on F = ½λx² as a matrix on its stacked history."""

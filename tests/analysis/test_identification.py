@@ -63,6 +63,11 @@ VARIANTS = [
     ("v_<k+1> = γ v_k - s ∇F(x_k); x_<k+1> = x_k + v_<k+1>", "HB-Net"),
     ("z_<k+1> = σ(c + γ z_k + W_1 z_k - γ z_<k-1>)", "HB-Net"),
     ("x_<k+1> = (1+β)x_k - β x_<k-1> - α∇F((1+β)x_k - β x_<k-1>)", "AGD-Net"),
+    # Nesterov's velocity form (Sutskever et al. 2013): x_<k+1> is the gradient step from
+    # x_k + β v_k, v_k = x_k − x_<k-1>; and the two-state form with the extrapolated point y.
+    ("v_<k+1> = β v_k - α∇F(x_k + β v_k); x_<k+1> = x_k + v_<k+1>", "AGD-Net"),
+    ("w_<n+1> = μ w_n - η∇F(y_n + μ w_n); y_<n+1> = y_n + w_<n+1>", "AGD-Net"),
+    ("x_<k+1> = y_k - α∇F(y_k); y_<k+1> = x_<k+1> + β(x_<k+1> - x_k)", "AGD-Net"),
     ("p = 2 x_k - x_<k-1>; x_<k+1> = φ(W p + b)", "AGD-Net"),  # β = 1 as a number
     ("x_<k+1> = x_k - 0.5 ∇F(x_k)", "feedforward"),
     ("x_<k+1> = φ(2 W x_k)", "feedforward"),  # W absorbs 2, b = 0
@@ -109,6 +114,13 @@ NEAR_MISSES = [
 @pytest.mark.parametrize("text", NEAR_MISSES)
 def test_near_misses_are_not_recognised(text):
     assert identify(unroll.compile(text)) is None
+
+
+def test_a_template_with_no_canonical_form_is_an_error():
+    from unroll.analysis.identification import matches
+
+    with pytest.raises(unroll.UnrollError, match="not a linear combination"):
+        matches(unroll.schemes["heavy_ball"], "x_<k+1> = x_k f(x_k)")
 
 
 def test_identify_takes_a_bundled_name_and_refuses_other_things():

@@ -21,7 +21,6 @@ from unroll.analysis import (
     stability_region,
 )
 from unroll.ir import vocabulary as ir
-from unroll.lowering.eager.evaluate import evaluate
 
 ZS = [complex(-0.5, 0.5), complex(-1.8, 0.3), complex(0.2, -1.1), complex(-2.5, 2.0)]
 
@@ -116,12 +115,15 @@ def test_implicit_trapezoid_against_fixed_point_steps():
     s = unroll.compile("x_<k+1> = x_k + h/2 (f(t, x_k) + f(t + h, x_<k+1>))")
     R = sp.lambdify(Z, stability_function(s))
     (eq,) = s.equations
+    new, old = sp.symbols("x_new x_old")
+    rhs = eq.rhs.xreplace({s.state_value("x", 1): new, s.state_value("x", 0): old})
     for z in [complex(-0.5, 0.5), complex(-0.8, 0.0), complex(0.3, -0.6)]:
-        env = {sp.Symbol("h"): 1.0, ir.T: 0.0, s.state_value("x", 0): 1.0 + 0j}
-        env[s.state_value("x", 1)] = 1.0 + 0j
+        f = {"f": lambda t, x, z=z: z * x}
+        g = sp.lambdify([new, old, sp.Symbol("h"), ir.T], rhs, modules=[f, "cmath"])
+        y = 1.0 + 0j
         for _ in range(80):  # contraction |z|/2 ≤ 0.4 per sweep: 0.4^80 ≈ 1e-32
-            env[s.state_value("x", 1)] = evaluate(eq.rhs, env, {"f": lambda t, x, z=z: z * x})
-        assert abs(env[s.state_value("x", 1)] - R(z)) < 1e-12
+            y = g(y, 1.0 + 0j, 1.0, 0.0)
+        assert abs(y - R(z)) < 1e-12
     assert sp.simplify(stability_function(s) - (1 + Z / 2) / (1 - Z / 2)) == 0
 
 
@@ -144,3 +146,31 @@ def test_stability_refuses_schemes_it_does_not_cover():
         stability_function(unroll.schemes["revnet"])
     with pytest.raises(unroll.UnrollError, match="n must be"):
         stability_region(unroll.schemes["rk4"], n=1)
+
+
+@pytest.mark.parametrize("name", ["AB6", "BDF6", "AM5"])
+def test_region_of_a_multistep_method_is_the_root_moduli_numpy_finds(name):
+    # The region's largest root modulus, found by continuation across the grid, against
+    # np.roots at every 7th grid point. Simple roots agree to rounding; where two roots nearly
+    # meet, the root itself is only determined to about √eps·|root| (1.5e-8), hence 1e-7.
+    from tests.analysis.catalogue import MULTISTEP
+
+    s = unroll.compile(MULTISTEP[name][0])
+    region = stability_region(s, n=141)
+    coeffs = [sp.lambdify(Z, c) for c in sp.Poly(stability_function(s), ZETA).all_coeffs()]
+    for i in range(0, 141, 7):
+        for j in range(0, 141, 7):
+            z = complex(region.x[j], region.y[i])
+            want = np.abs(np.roots([complex(c(z)) for c in coeffs])).max()
+            assert region.modulus[i, j] == pytest.approx(want, rel=1e-7)
+
+
+def test_root_moduli_survive_double_roots():
+    # (ζ − 1)²(ζ + z): a double root at 1 for every z, the third root −z (a triple root at
+    # z = −1, found only to about eps^(1/3) ≈ 6e-6 by any method in float64, hence 2e-5).
+    from unroll.analysis.stability import largest_root_modulus
+
+    x, y = np.linspace(-2, 2, 41), np.linspace(-2, 2, 41)
+    zz = x[None, :] + 1j * y[:, None]
+    monic = np.stack([zz - 2, 1 - 2 * zz, zz])
+    assert np.allclose(largest_root_modulus(monic), np.maximum(1, np.abs(zz)), rtol=2e-5)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -34,7 +35,9 @@ def test_json_carries_the_same_facts():
     data = json.loads(r.output)
     assert data["kind"] == "optimizer"
     assert set(data["tuned"]) == {"α", "β"}
-    assert data["tuned_rate"] == pytest.approx(9 / 11)  # (√100 − 1)/(√100 + 1), docs/theory.md section 4
+    assert data["tuned_rate"] == pytest.approx(
+        9 / 11
+    )  # (√100 − 1)/(√100 + 1), docs/theory.md section 4
     assert data["order"] is None and "not applicable" in data["notes"]["order"]
 
 
@@ -61,7 +64,6 @@ def test_scheme_text_file_and_plot(tmp_path):
         (["no_such_scheme"], "no_such_scheme"),
         (["missing.yaml"], "missing.yaml"),
         (["heavy_ball", "--activation", "nope"], "nope"),
-        (["heavy_ball", "--plot", "x.png"], "ODE schemes"),
         (["heavy_ball", "--mu", "5", "--L", "1"], "mu"),
     ],
 )
@@ -69,3 +71,44 @@ def test_bad_input_is_one_line_and_exit_2(args, words):
     r = invoke(*args)
     assert r.exit_code == 2
     assert words in r.output and r.output.count("\n") == 1
+
+
+def test_plot_of_an_optimizer_scheme_is_refused_after_the_report(tmp_path):
+    plot = tmp_path / "r.png"
+    r = CliRunner().invoke(cli, ["inspect", "heavy_ball", "--plot", str(plot)])
+    assert r.exit_code == 2
+    assert "iteration matrix on F = ½λx²" in r.stdout and "tuned rate" in r.stdout
+    (line,) = r.stderr.splitlines()
+    assert line.startswith("error: --plot") and "ODE schemes" in line
+    assert not plot.exists()
+
+
+def test_mu_and_L_are_checked_only_where_they_are_used():
+    for name in ("rk4", "nesterov_schedule"):  # no rates: --mu and --L are not read
+        r = invoke(name, "--mu", "5", "--L", "1")
+        assert r.exit_code == 0, r.output
+    r = invoke("heavy_ball", "--mu", "5", "--L", "1")
+    assert r.exit_code == 2 and "mu" in r.output
+
+
+def test_a_rate_of_one_or_more_says_diverges():
+    # Heavy ball at its defaults α = 0.1, β = 0.9: on λ = 100 the characteristic polynomial
+    # ζ² − (1 + β − αλ)ζ + β = ζ² + 8.1ζ + 0.9 has a root of modulus 7.99 > 1.
+    r = invoke("heavy_ball")
+    (line,) = [x for x in r.output.splitlines() if x.startswith("rate at the defaults")]
+    assert "diverges" in line
+    worst = max(abs(np.roots([1, 8.1, 0.9])))
+    assert f"{worst:.4f}" in line
+    # On λ ∈ [1, 10] the discriminant (1.9 − 0.1λ)² − 3.6 is negative: a complex pair of
+    # modulus √β = 0.949 for every λ, so no divergence.
+    r = invoke("heavy_ball", "--L", "10")
+    assert r.exit_code == 0 and "diverges" not in r.output
+
+
+def test_modified_equation_is_shown_in_the_standard_form():
+    # Forward Euler: ẋ = f − (h/2) f'f + O(h²), the first correction of backward error analysis.
+    r = invoke("forward_euler")
+    assert "modified equation: dx/dt = f - f'f*h/2 + O(h**2)" in r.output
+    r = invoke("lm_resnet")  # a multistep scheme also shows the form of Lu et al.
+    assert "modified equation: du/dt = f/(κ + 1)" in r.output
+    assert "modified equation, form of Lu et al.: (κ + 1)*Derivative(u(t), t)" in r.output

@@ -1,26 +1,43 @@
-"""B-series (rooted trees) of one-step Runge–Kutta forms: the order conditions for systems.
+"""B-series (rooted trees) of a scheme's step: order conditions for systems, modified fields.
 
-Expanding one step on a scalar equation decides the order up to 4 only; from order 5 on the
-elementary differentials of a system are independent where the scalar ones are not, and the
-conditions are one per rooted tree t: a(t) = 1/γ(t) (Hairer, Nørsett, Wanner, section II.2;
-Hairer, Lubich, Wanner, section III.1).
+Expanding one step on a scalar equation decides the order up to 4 only (3 for an autonomous
+f); from there on the elementary differentials of a system are independent where the scalar
+ones are not, and the conditions are one per rooted tree t: a(t) = 1/γ(t) (Hairer, Nørsett,
+Wanner, section II.2; Hairer, Lubich, Wanner, section III.1).
 
-A tree is the sorted tuple of its children's trees, so the one-node tree • is ``()``. A B-series
+A tree is the sorted tuple of its children's trees, so the one-node tree τ is ``()``. A B-series
 B(a, y) = a(∅) y + Σ_t h^|t|/σ(t) a(t) F(t)(y) is a dict from trees (``None`` for ∅) to
 coefficients; h f(B(a, y)) is the B-series a' with a'(∅) = 0 and a'([t_1, ..., t_m]) =
 a(t_1)···a(t_m) (the composition rule in that normalisation).
+
+Any step whose expressions are linear in the state values and the branch values h·f(·), with
+coefficients free of h, and whose every f is evaluated at a B-series with a(∅) = 1, is a B-series
+method: Runge–Kutta methods (explicit or implicit), linear multistep methods, predictor–corrector
+pairs. Past values enter as the exact solution, x_<k-j> = B(e_{-j}, x_k) with
+e_s(t) = s^|t|/γ(t), which is what the local error compares against. A branch written f(t, x) in
+a time-dependent step must be evaluated at the time its state argument stands for (c = a(τ),
+the row-sum condition); then the autonomous conditions hold for f(t, x) too.
+
+The modified field of backward error analysis (Hairer, Lubich, Wanner, section IX.9) is the
+B-series vector field h f̃ = B(b, ·) whose exact flow the step follows: the values
+x_<k+s> = φ_{sh}(x_k) = B(exp(s b), x_k), put into the step, satisfy it to every order. The flow
+is the Lie series exp(s b) = Σ_m s^m/m! ∂_b^{m-1} b, where ∂_b a (the derivative of B(a, y)
+along B(b, y)) is a(∅) b(t) + Σ a(r) b(c) over the edges of t, r the part that keeps the root
+and c the subtree cut off: differentiating an elementary differential grafts the new argument
+onto each vertex.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import cache
-from math import prod
+from math import factorial, prod
 
 import sympy as sp
+from sympy.polys.constructor import construct_domain
 
-from unroll.analysis._common import OdeView, branch_parts
+from unroll.analysis.ode import OdeStep, linear_parts
 from unroll.errors import UnrollError
-from unroll.ir import vocabulary as ir
 
 Tree = tuple
 
@@ -53,104 +70,260 @@ def gamma(tree: Tree) -> int:
     return size(tree) * prod(gamma(c) for c in tree)
 
 
-class NotRungeKutta(Exception):
-    """The scheme is not a one-step Runge–Kutta form (its B-series is not defined here)."""
+@cache
+def sigma(tree: Tree) -> int:
+    """The symmetry σ(t): the order of t's automorphism group."""
+    out = 1
+    for child in set(tree):
+        m = tree.count(child)
+        out *= factorial(m) * sigma(child) ** m
+    return out
 
 
-class _BSeries:
-    def __init__(self, view: OdeView, max_order: int):
-        self.view = view
-        self.all = [t for n in range(1, max_order + 1) for t in trees(n)]
-
-    def compose(self, a: dict) -> dict:
-        """h f(B(a, y))."""
-        if sp.simplify(a[None] - 1) != 0:
-            raise NotRungeKutta("f is evaluated away from the current state")
-        out = {None: sp.S.Zero}
-        for t in self.all:
-            out[t] = sp.expand(prod((a[c] for c in t), start=sp.S.One))
-        return out
-
-    def ev(self, e: sp.Basic, env: dict) -> tuple[int, dict | sp.Expr]:
-        """(kind, value): ("y", B-series) for a state-like value, ("f", a) for an f-value whose
-        h-multiple is the B-series a, ("h", n) for h^n, ("const", expr) for a constant."""
-        h = self.view.h
-        if e in env:
-            return env[e]
-        if not (e.has(h, *self.view.stages) or e.atoms(sp.Indexed) or e.has(ir.T)):
-            if any(ir.operator_kind(a) == "branch" for a in ir.applications(e)):
-                raise NotRungeKutta(str(e))
-            return ("const", e)
-        if e == h:
-            return ("h", 1)
-        if e.is_Add:
-            kinds = [self.ev(a, env) for a in e.args]
-            if len({k for k, _ in kinds}) != 1 or kinds[0][0] not in ("y", "f"):
-                raise NotRungeKutta(str(e))
-            kind = kinds[0][0]
-            keys = [None, *self.all]
-            return (kind, {t: sum((v[t] for _, v in kinds), sp.S.Zero) for t in keys})
-        if e.is_Mul:
-            hs, c, series = 0, sp.S.One, None
-            for a in e.args:
-                kind, v = self.ev(a, env)
-                if kind == "const":
-                    c *= v
-                elif kind == "h":
-                    hs += v
-                elif series is None:
-                    series = (kind, v)
-                else:
-                    raise NotRungeKutta(str(e))
-            if series is None:
-                raise NotRungeKutta(str(e))
-            kind, v = series
-            if kind == "f" and hs == 1:
-                kind = "y"
-            elif hs != 0:
-                raise NotRungeKutta(str(e))
-            return (kind, {t: sp.expand(c * x) for t, x in v.items()})
-        if e.is_Pow and e.base == h and e.exp.is_Integer:
-            return ("h", int(e.exp))
-        if isinstance(e, sp.Function) and ir.operator_kind(e) == "branch":
-            t_arg, x_arg = branch_parts(e)
-            kind, a = self.ev(x_arg, env)
-            if kind != "y":
-                raise NotRungeKutta(str(e))
-            # Autonomous-system conditions hold for f(t, x) when each stage's time offset c_i
-            # equals its row sum, the coefficient of the one-node tree.
-            c = sp.expand((t_arg - ir.T) / h)
-            if c.has(h, ir.T) or sp.simplify(c - a[()]) != 0:
-                raise NotRungeKutta(f"the time argument of {e} does not match its state argument")
-            out = self.compose(a)
-            return ("f", out)  # a step without h has h·f in its view already
-        raise NotRungeKutta(str(e))
+@cache
+def cuts(tree: Tree) -> tuple[tuple[Tree, Tree], ...]:
+    """(r, c) for every edge of ``tree``: c the subtree the edge cuts off, r what keeps the
+    root; edges that an automorphism exchanges are counted each."""
+    out = []
+    for i, child in enumerate(tree):
+        rest = tree[:i] + tree[i + 1 :]
+        out.append((rest, child))
+        for r, c in cuts(child):
+            out.append((tuple(sorted((*rest, r))), c))
+    return tuple(out)
 
 
-def bseries_order(view: OdeView, max_order: int) -> int:
-    """The order of a one-step Runge–Kutta form on systems, up to ``max_order`` (returned when
-    every condition up to it holds). Raises `NotRungeKutta` for other forms."""
-    if view.depth != 1:
-        raise NotRungeKutta("multistep")
-    b = _BSeries(view, max_order)
-    keys = [None, *b.all]
-    x = view.value(0)
-    env: dict = {x: ("y", {t: (sp.S.One if t is None else sp.S.Zero) for t in keys})}
-    new = view.value(1)
-    env[new] = env[x]
-    for st in view.stages:
-        env[st] = ("f", {t: sp.S.Zero for t in keys})
-    passes = 1 if view.is_explicit else max_order + 2
-    for _ in range(passes):
-        for eq in view.equations:
-            env[eq.lhs] = b.ev(eq.rhs, env)
-    kind, a = env[new]
-    if kind != "y":
-        raise UnrollError(f"the new state {new} is not of the form x + h(...)")
-    if sp.simplify(a[None] - 1) != 0:
+@cache
+def differential(tree: Tree) -> sp.Symbol:
+    """The elementary differential F(t) as a symbol named as in the literature: f, f'f,
+    f''(f,f), f'f'f, f'''(f,f,f), f''(f,f'f), f'f''(f,f), ..."""
+
+    def name(t: Tree) -> str:
+        if not t:
+            return "f"
+        if len(t) == 1:
+            return "f'" + name(t[0])
+        return "f" + "'" * len(t) + "(" + ",".join(name(c) for c in t) + ")"
+
+    return sp.Symbol(name(tree))
+
+
+def _h_degree(c: sp.Expr, h: sp.Symbol) -> int:
+    """m for a coefficient c_0 h^m (c_0 free of h)."""
+    c0, m = sp.powsimp(sp.factor(c)).as_coeff_exponent(h)
+    if c0.has(h) or not m.is_Integer:
+        raise NotBSeries(f"a coefficient {c} is not a power of h times a constant")
+    return int(m)
+
+
+class NotBSeries(Exception):
+    """The step is not a B-series method in the sense of the module docstring (the message
+    says why)."""
+
+
+class BSeriesStep:
+    """The step as a B-series method, evaluated tree by tree in exact arithmetic.
+
+    ``K``: the field the coefficients live in (SymPy's ``QQ``, an algebraic extension such as
+    ``QQ<sqrt(3)>``, or rational functions of the parameters left symbolic); ``values[s][t]``:
+    a(t) of the IR symbol s (history values, branch values h·f(·) and the unknowns), an element
+    of K; ``compute(t, history)`` fills tree t (None for ∅) given the history values there, once
+    every smaller tree is done. Raises `NotBSeries` when the step is not one;
+    ``check_times``: check the time arguments at τ against the history values there (which
+    must then be the exact solution's).
+    """
+
+    def __init__(self, step: OdeStep, check_times: bool = True):
+        self.step = step
+        h = step.h
+        # Each leaf is h^degree times a B-series: a state value h^0, a branch value gain·f
+        # h^(gain's degree − 1); a stage an implicit step solves for, what its equation says.
+        degree: dict[sp.Symbol, int] = {x: 0 for x in (*step.history, step.new)}
+        for b in step.branches:
+            degree[b.symbol] = _h_degree(b.gain, h) - 1
+        leaves = (*step.history, *step.unknowns, *(b.symbol for b in step.branches))
+        parts = {}
+        for u in step.updates:
+            p = linear_parts(u.expr, leaves)
+            if p is None or p[1] != 0:
+                raise NotBSeries("an update is not linear in the state values and f")
+            parts[u.symbol] = p[0]
+        for _ in step.updates:  # a stage's degree from a term whose leaf's degree is known
+            for u, coeffs in parts.items():
+                known = [(leaf, c) for leaf, c in coeffs.items() if leaf in degree]
+                if u not in degree and known:
+                    degree[u] = _h_degree(known[0][1], h) + degree[known[0][0]]
+        if any(u not in degree for u in parts):
+            raise NotBSeries("the implicit stages do not determine one another")
+
+        def form(expr: sp.Expr, target: int, where: str) -> dict:
+            p = linear_parts(expr, leaves)
+            if p is None:
+                raise NotBSeries(f"{where} is not linear in the state values and f")
+            coeffs, rest = p
+            if rest != 0:
+                raise NotBSeries(f"{where} has a term without a state value or f")
+            out = {}
+            for leaf, c in coeffs.items():
+                w = sp.cancel(c * h ** (degree[leaf] - target))
+                if w.has(h):
+                    raise NotBSeries(f"{where}: a coefficient is not a constant times h^0 or h f")
+                out[leaf] = w
+            return out
+
+        args = [form(b.arg, 0, "an argument of f") for b in step.branches]
+        updates = [(u.symbol, form(u.expr, degree[u.symbol], "an update")) for u in step.updates]
+        times = []
+        for b in step.branches:
+            c = sp.cancel(b.tau / h)
+            if c.has(h):
+                raise NotBSeries("a time argument is not t plus a multiple of h")
+            times.append(None if step.autonomous or not check_times else c)
+        numbers = [w for f in (*args, *(f for _, f in updates)) for w in f.values()]
+        numbers += [c for c in times if c is not None]
+        self.K, _ = construct_domain(numbers or [sp.S.One], extension=True, field=True)
+        self.args = [self._in_field(f) for f in args]
+        self.updates = [(s, self._in_field(f)) for s, f in updates]
+        self.times = [None if c is None else self.K.from_sympy(c) for c in times]
+        self.values: dict[sp.Symbol, dict] = {s: {} for s in leaves}
+        self.arg_values: list[dict] = [{} for _ in step.branches]
+
+    def _in_field(self, form: dict) -> dict:
+        return {leaf: self.K.from_sympy(w) for leaf, w in form.items()}
+
+    def number(self, value: sp.Expr):
+        """``value`` (a SymPy number or expression in the parameters) as an element of K."""
+        return self.K.from_sympy(sp.sympify(value))
+
+    def _combine(self, form: dict, t: Tree | None):
+        K = self.K
+        return sum((w * self.values[s][t] for s, w in form.items()), K.zero)
+
+    def compute(self, t: Tree | None, history: dict, fixed: dict | None = None):
+        """Fill tree ``t`` (``history``: IR symbol -> element of K there; ``fixed``: unknowns
+        given rather than computed); returns the new value's coefficient as the step computes
+        it."""
+        step, fixed, K = self.step, fixed or {}, self.K
+        for i, b in enumerate(step.branches):
+            if t is None:
+                out = K.zero
+            else:
+                if t == () and self.arg_values[i][None] != K.one:
+                    a = step.scheme_form(K.to_sympy(self.arg_values[i][None]))
+                    raise NotBSeries(f"f is evaluated at ({a})·x + O(h), not at x + O(h)")
+                out = K.one
+                for c in t:
+                    out *= self.arg_values[i][c]
+            self.values[b.symbol][t] = out
+        for s, v in history.items():
+            self.values[s][t] = v
+        for s in step.unknowns:
+            self.values[s][t] = fixed.get(s, K.zero)
+        # An implicit step's stages may read one another: sweep until nothing changes.
+        for _ in range(1 if step.is_explicit else len(self.updates) + 2):
+            changed = False
+            for s, f in self.updates:
+                if s not in fixed:
+                    v = self._combine(f, t)
+                    changed |= v != self.values[s][t]
+                    self.values[s][t] = v
+            if not changed:
+                break
+        else:
+            if not step.is_explicit:
+                raise NotBSeries("the implicit stages do not determine one another")
+        for i, f in enumerate(self.args):
+            self.arg_values[i][t] = self._combine(f, t)
+            c = self.times[i]
+            if t == () and c is not None and self.arg_values[i][t] != c:
+                raise NotBSeries(
+                    f"the time argument t + ({step.scheme_form(K.to_sympy(c) * step.h)}) of a "
+                    "branch does not match its state argument"
+                )
+        return self._combine(self.updates[-1][1], t)
+
+
+def exact_history(b: BSeriesStep, t: Tree | None) -> dict:
+    """x_<k-j> = x(t_k − jh) of the exact solution, at tree ``t``."""
+    if t is None:
+        return {x: b.K.one for x in b.step.history}
+    return {
+        x: b.number(sp.Rational((-j) ** size(t), gamma(t))) for j, x in enumerate(b.step.history)
+    }
+
+
+def bseries_order(step: OdeStep, max_order: int) -> int:
+    """The order of a B-series method on systems, up to ``max_order`` (returned when every
+    condition up to it holds). Raises `NotBSeries` for other steps."""
+    b = BSeriesStep(step)
+    if b.compute(None, exact_history(b, None)) != b.K.one:
         return 0
     for n in range(1, max_order + 1):
         for t in trees(n):
-            if sp.simplify(a[t] - sp.Rational(1, gamma(t))) != 0:
+            if b.compute(t, exact_history(b, t)) != b.number(sp.Rational(1, gamma(t))):
                 return n - 1
     return max_order
+
+
+def modified_field(step: OdeStep, max_size: int) -> dict[Tree, sp.Expr]:
+    """b(t) for every tree of up to ``max_size`` vertices: h f̃ = Σ_t h^|t|/σ(t) b(t) F(t) is
+    the field whose exact flow the step follows (see the module docstring). Raises `NotBSeries`
+    for a step that is not a B-series method and `UnrollError` for one that no field fits."""
+    probe = BSeriesStep(step)  # the time arguments, against the exact solution's times
+    for t in (None, ()):
+        probe.compute(t, exact_history(probe, t))
+    b = BSeriesStep(step, check_times=False)
+    K = b.K
+    offsets = {x: -j for j, x in enumerate(step.history)}
+    offsets[step.new] = 1
+    if b.compute(None, {x: K.one for x in step.history}, fixed={step.new: K.one}) != K.one:
+        raise UnrollError(
+            f"{step.name!r} is inconsistent (ρ(1) ≠ 0): a constant solution does not satisfy it, "
+            "so no field f̃ has a flow that does"
+        )
+    field: dict[Tree, object] = {}
+    lie: dict[int, dict[Tree, object]] = {1: field}  # ∂_b^{m-1} b, by m
+    for n in range(1, max_size + 1):
+        for t in trees(n):
+            for m in range(2, n + 1):
+                lie.setdefault(m, {})[t] = sum(
+                    (lie[m - 1].get(r, K.zero) * field[c] for r, c in cuts(t)), K.zero
+                )
+            # x_<k+s> at t is s b(t) + (terms of smaller trees, known): the residual is affine
+            # in b(t), so two evaluations give it.
+            higher = {
+                x: sum(
+                    (
+                        b.number(sp.Rational(s**m, factorial(m))) * lie[m][t]
+                        for m in range(2, n + 1)
+                    ),
+                    K.zero,
+                )
+                for x, s in offsets.items()
+            }
+            at_zero = _flow_residual(b, step, t, offsets, higher, K.zero)
+            slope = _flow_residual(b, step, t, offsets, higher, K.one) - at_zero
+            if slope == K.zero:
+                raise UnrollError(
+                    f"{step.name!r}: ρ'(1) = 0, so the step does not fix the field's leading term"
+                )
+            field[t] = -at_zero / slope
+            _flow_residual(b, step, t, offsets, higher, field[t])  # keep the solved values
+    return {t: sp.factor(K.to_sympy(v)) for t, v in field.items()}
+
+
+def _flow_residual(b: BSeriesStep, step: OdeStep, t: Tree, offsets: dict, higher: dict, bt):
+    """The step's new value minus the flow's x_<k+1>, at tree t, for b(t) = ``bt``."""
+    values = {x: b.number(s) * bt + higher[x] for x, s in offsets.items()}
+    new = values.pop(step.new)
+    return b.compute(t, values, fixed={step.new: new}) - new
+
+
+def series_terms(coefficients: dict[Tree, sp.Expr]) -> Iterator[tuple[int, sp.Expr]]:
+    """(n, Σ_{|t| = n} c(t)/σ(t) F(t)) for each tree size n present, smallest first, each
+    coefficient factored."""
+    by_size: dict[int, sp.Expr] = {}
+    for t, c in coefficients.items():
+        term = sp.factor(c / sigma(t)) * differential(t)
+        by_size[size(t)] = by_size.get(size(t), sp.S.Zero) + term
+    yield from sorted(by_size.items())

@@ -1,18 +1,20 @@
 """Architecture identification: which known network a scheme is (an analysis, Scheme -> name).
 
 ``identify(scheme) -> str | None``. Both the scheme and every known architecture's template
-(written in the scheme language below) go through the same canonicalisation:
+(written in the scheme language below) go through the same canonicalisation, read from the step
+IR of their layer form (`unroll.ir.step.build(scheme, layer=True)`):
 
 1. optimizer schemes become their layer form (`unroll.ir.layer_form.layer_form`), so heavy ball is
    compared as φ(W x_k + b + β(x_k − x_<k-1>));
-2. stages are substituted into the state updates, in evaluation order;
-3. a tensor state that is only a linear combination of another state's values (the velocity of
-   ``v_<k+1> = x_<k+1> − x_k``) is eliminated: v_k = x_k − x_<k-1> everywhere;
-4. new values (x_<k+1> in a later update) are substituted;
-5. each update is expanded into a linear combination of *atoms*: state values, the constant 1,
-   and operator applications, whose arguments are canonicalised the same way (a linear
-   operator is distributed, W(a x + b y) = a W(x) + b W(y); a branch's time argument is
-   dropped). Scalar states (a schedule θ_k) and parameters make up the coefficients.
+2. the IR has stages and new values substituted, each operator call numbered once;
+3. each tensor state's update is expanded into a linear combination of *atoms*: state values,
+   the constant 1, and operator applications (the IR's calls and φ), whose arguments are
+   canonicalised the same way (a linear operator is distributed, W(a x + b y) = a W(x) + b W(y);
+   a branch's time argument is dropped). Scalar states (a schedule θ_k, computed on the host)
+   and parameters make up the coefficients;
+4. a tensor state whose new value is a combination of other states' new values and of state
+   values alone (the velocity of ``v_<k+1> = x_<k+1> − x_k``) is eliminated:
+   v_k = x_k − x_<k-1> everywhere.
 
 A template matches when a one-to-one renaming of states and operators pairs every atom of the
 scheme with an atom of the template (template atoms left over get coefficient 0), and the
@@ -39,8 +41,11 @@ from functools import cache
 import sympy as sp
 
 from unroll.errors import UnrollError
+from unroll.frontend.library import compile as compile_scheme
+from unroll.frontend.library import resolve
 from unroll.frontend.scheme import Scheme
-from unroll.ir import vocabulary as ir
+from unroll.ir import vocabulary as vocab
+from unroll.ir.step import StepIR, build
 
 # name, scheme text, parameters that must be nonzero. Most specific first.
 TEMPLATES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
@@ -78,10 +83,13 @@ ONE = ("1",)
 @dataclass(frozen=True)
 class Canonical:
     """A scheme's tensor-state updates as linear combinations: {state: ((atom, coeff), ...)};
-    an atom is ONE, ("s", state, offset) or ("op", kind, name, (argument combinations))."""
+    an atom is ONE, ("s", state, offset) or ("op", kind, name, (argument combinations)).
+    Coefficients are in the IR's symbols; ``parameters`` maps each parameter's name in the
+    scheme to its IR symbol."""
 
     updates: dict
     symbols: frozenset  # the parameters and scalar-state values in the coefficients
+    parameters: dict
 
 
 class _NotLinear(Exception):
@@ -90,108 +98,154 @@ class _NotLinear(Exception):
 
 def canonical(scheme: Scheme) -> Canonical | None:
     """The canonical form of ``scheme`` (None when it has no linear canonical form)."""
-    from unroll.ir.layer_form import layer_form
-
     if not scheme.is_explicit:
         return None
     try:
-        form = layer_form(scheme)
+        ir = build(scheme, layer=True)
     except UnrollError:  # an optimizer step with no layer (two gradient terms, ...)
         return None
-    k = form.index
-    scalar = {n for n, s in form.states.items() if s.scalar}
-
-    def scalarise(e: sp.Basic) -> sp.Basic:
-        refs = {r: sp.Symbol(f"{r.base.label.name}[{ir.offset(r, k)}]") for r in ir.state_refs(e)}
-        return e.xreplace({r: s for r, s in refs.items() if r.base.label.name in scalar})
-
-    stages: dict[sp.Symbol, sp.Expr] = {}
-    updates: dict[sp.Indexed, sp.Expr] = {}
-    for eq in form.equations:
-        rhs = scalarise(eq.rhs.xreplace(stages))
-        if isinstance(eq.lhs, sp.Indexed):
-            if eq.lhs.base.label.name not in scalar:
-                updates[eq.lhs] = rhs
-        else:
-            stages[eq.lhs] = rhs
-    updates = _eliminate(updates, k)
-    done: dict[sp.Indexed, sp.Expr] = {}
-    for lhs, rhs in updates.items():
-        done[lhs] = rhs.xreplace(done)
+    reader = _Reader(ir)
     try:
-        result = {lhs.base.label.name: _lincomb(rhs, k) for lhs, rhs in done.items()}
+        combs = {u.state: reader.lincomb(u.expr) for u in ir.updates if u.state is not None}
     except _NotLinear:
         return None
-    symbols = frozenset(s for e in done.values() for s in ir.plain_symbols(e) if s not in (k, ir.T))
-    return Canonical(result, symbols)
+    combs = _eliminate(combs)
+    scalar = {v.symbol for v in ir.history if v.scalar}
+    params = {c.symbol for c in ir.parameters}
+    symbols = frozenset(
+        s for comb in combs.values() for s in _coefficient_symbols(comb) if s in params | scalar
+    )
+    return Canonical(combs, symbols, {c.ref.name: c.symbol for c in ir.parameters})
 
 
-def _eliminate(updates: dict[sp.Indexed, sp.Expr], k: sp.Symbol) -> dict[sp.Indexed, sp.Expr]:
-    """Drop states whose update is an operator-free linear combination of other states' values:
-    v_<k+1> = L(x_<k+1>, x_k, ...) gives v_<k+j> = L shifted by j − 1, substituted everywhere."""
-    changed = True
-    while changed:
-        changed = False
-        for lhs, rhs in updates.items():
-            name = lhs.base.label.name
-            refs = ir.state_refs(rhs)
-            if (
-                list(ir.applications(rhs))
-                or not refs
-                or any(r.base.label.name == name for r in refs)
-                or not sp.Poly(rhs, *refs).is_linear
-            ):
-                continue
-            shifted: dict[sp.Indexed, sp.Expr] = {}
-            for other in updates.values():
-                for ref in ir.state_refs(other):
-                    if ref.base.label.name == name:
-                        j = ir.offset(ref, k)
-                        shifted[ref] = rhs.xreplace({r: r.base[r.indices[0] + j - 1] for r in refs})
-            updates = {key: value.xreplace(shifted) for key, value in updates.items() if key != lhs}
-            changed = True
-            break
-    return updates
+class _Reader:
+    """Reads IR expressions as linear combinations of atoms."""
+
+    def __init__(self, ir: StepIR):
+        self.history = {v.symbol: v for v in ir.history if not v.scalar}
+        self.calls = {c.symbol: c for c in ir.calls}
+        # host values (a schedule's β_k) are coefficients: written out in scalar states
+        self.host: dict = {}
+        for a in ir.host:
+            self.host[a.symbol] = a.expr.xreplace(self.host)
+
+    def _is_atom(self, e: sp.Basic) -> bool:
+        return bool(e.free_symbols & (set(self.history) | set(self.calls))) or any(
+            vocab.operator_kind(a) == "act" for a in vocab.applications(e)
+        )
+
+    def lincomb(self, expr: sp.Expr) -> tuple:
+        """``expr`` as ((atom, coefficient), ...), atoms in a canonical order."""
+        out: dict = {}
+        for term in sp.Add.make_args(sp.expand(expr.xreplace(self.host))):
+            factors = sp.Mul.make_args(term)
+            atoms = [f for f in factors if self._is_atom(f)]
+            if len(atoms) > 1:
+                raise _NotLinear
+            coeff = sp.Mul(*[f for f in factors if not self._is_atom(f)])
+            pieces = self._atom(atoms[0], coeff) if atoms else [(ONE, coeff)]
+            for atom, c in pieces:
+                out[atom] = out.get(atom, 0) + c
+        return _sorted(out)
+
+    def _atom(self, e: sp.Basic, coeff: sp.Expr) -> list:
+        if e in self.history:
+            v = self.history[e]
+            return [(("s", v.state, -v.lag), coeff)]
+        if e in self.calls:
+            call = self.calls[e]
+            return _op(call.kind, call.op, self.lincomb(call.arg), coeff)
+        if isinstance(e, sp.Function) and vocab.operator_kind(e) == "act" and len(e.args) == 1:
+            return _op("act", e.func.__name__, self.lincomb(e.args[0]), coeff)
+        raise _NotLinear  # a power or elementary function of a state
 
 
-def _lincomb(expr: sp.Expr, k: sp.Symbol) -> tuple:
-    """``expr`` as ((atom, coefficient), ...), atoms in a canonical order."""
-    out: dict = {}
-    for term in sp.Add.make_args(sp.expand(expr)):
-        atoms = [f for f in sp.Mul.make_args(term) if _has_atom(f)]
-        if len(atoms) > 1:
-            raise _NotLinear
-        coeff = sp.Mul(*[f for f in sp.Mul.make_args(term) if not _has_atom(f)])
-        if not atoms:
-            pieces = [(ONE, coeff)]
-        else:
-            pieces = _atom(atoms[0], k, coeff)
-        for atom, c in pieces:
-            out[atom] = out.get(atom, 0) + c
+def _op(kind: str, name: str, inner: tuple, coeff: sp.Expr) -> list:
+    if kind == "linear":  # W(Σ c a) = Σ c W(a)
+        return [(("op", kind, name, (((a, sp.Integer(1)),),)), coeff * c) for a, c in inner]
+    return [(("op", kind, name, (inner,)), coeff)]
+
+
+def _sorted(out: dict) -> tuple:
     items = [(a, sp.expand(c)) for a, c in out.items()]
     return tuple(sorted(((a, c) for a, c in items if c != 0), key=lambda ac: str(ac[0])))
 
 
-def _has_atom(e: sp.Basic) -> bool:
-    return bool(ir.state_refs(e)) or any(
-        ir.operator_kind(a) not in (None, "elementary") for a in ir.applications(e)
-    )
+def _coefficient_symbols(comb: tuple) -> Iterator[sp.Symbol]:
+    for atom, c in comb:
+        yield from c.free_symbols
+        if atom[0] == "op":
+            for arg in atom[3]:
+                yield from _coefficient_symbols(arg)
 
 
-def _atom(e: sp.Basic, k: sp.Symbol, coeff: sp.Expr) -> list:
-    if isinstance(e, sp.Indexed):
-        return [(("s", e.base.label.name, ir.offset(e, k)), coeff)]
-    kind = ir.operator_kind(e) if isinstance(e, sp.Function) else None
-    if kind in (None, "elementary"):
-        raise _NotLinear  # a power or elementary function of a state
-    name = e.func.__name__
-    args = e.args[-1:] if kind == "branch" else e.args
-    if len(args) != 1:
-        raise _NotLinear
-    inner = _lincomb(args[0], k)
-    if kind == "linear":  # W(Σ c a) = Σ c W(a)
-        return [(("op", kind, name, (((a, sp.Integer(1)),),)), coeff * c) for a, c in inner]
-    return [(("op", kind, name, (inner,)), coeff)]
+def _substitute(comb: tuple, state: str, value) -> tuple:
+    """``comb`` with every atom ("s", state, j) replaced by the combination ``value(j)``
+    (a dict atom -> coefficient), inside operator arguments too."""
+    out: dict = {}
+    for atom, c in comb:
+        if atom[0] == "s" and atom[1] == state:
+            pieces = list(value(atom[2]).items())
+        elif atom[0] == "op":
+            args = tuple(_substitute(a, state, value) for a in atom[3])
+            if atom[1] == "linear":  # redistribute W over the substituted argument
+                pieces = _op("linear", atom[2], args[0], sp.S.One)
+            else:
+                pieces = [(("op", atom[1], atom[2], args), sp.S.One)]
+        else:
+            pieces = [(atom, sp.S.One)]
+        for a, k in pieces:
+            out[a] = out.get(a, 0) + c * k
+    return _sorted(out)
+
+
+def _eliminate(combs: dict[str, tuple]) -> dict[str, tuple]:
+    """Drop each state v whose new value is a combination of other states' new values and of
+    state values other than v's: v_<k+1> = Σ_s c_s s_<k+1> + L gives v_<k+j> = Σ_s c_s s_<k+j>
+    + L shifted by j − 1, substituted everywhere."""
+    for v, comb in combs.items():
+        relation = _relation(v, comb, {s: c for s, c in combs.items() if s != v})
+        if relation is None:
+            continue
+        news, rest = relation
+
+        def value(j: int, news=news, rest=rest) -> dict:
+            out: dict = {("s", s, j): c for s, c in news.items()}
+            for (_, s, off), c in rest:
+                key = ("s", s, off + j - 1)
+                out[key] = out.get(key, 0) + c
+            return out
+
+        return _eliminate({s: _substitute(c, v, value) for s, c in combs.items() if s != v})
+    return combs
+
+
+def _relation(v: str, comb: tuple, others: dict[str, tuple]) -> tuple[dict, tuple] | None:
+    """({s: c_s}, L) with v's combination = Σ_s c_s (s's combination) + L, L made of state
+    atoms of states other than v; None when there is none."""
+    if not others:
+        return None
+    cs = {s: sp.Dummy(f"c_{s}") for s in others}
+    total: dict = dict(comb)
+    for s, c in cs.items():
+        for atom, k in others[s]:
+            total[atom] = total.get(atom, 0) - c * k
+    solutions = sp.linsolve([k for a, k in total.items() if a[0] != "s"], list(cs.values()))
+    if not solutions:
+        return None
+    (solution,) = solutions
+    free = {d: 0 for d in cs.values()}  # a particular solution, should several fit
+    values = {c: sp.expand(e.xreplace(free)) for c, e in zip(cs.values(), solution, strict=True)}
+    rest = []
+    for atom, k in total.items():
+        k = sp.expand(sp.sympify(k).xreplace(values))
+        if k == 0:
+            continue
+        if atom[0] != "s" or atom[1] == v:
+            return None
+        rest.append((atom, k))
+    news = {s: values[c] for s, c in cs.items() if values[c] != 0}
+    return (news, tuple(rest)) if news or rest else None
 
 
 # -- matching ----------------------------------------------------------------------------------
@@ -261,25 +315,20 @@ def _match_comb(t: tuple, s: tuple, bind: _Binding, gains) -> Iterator[tuple[_Bi
 
 @cache
 def _template(text: str) -> tuple[Canonical, dict, dict]:
-    from unroll.frontend.library import compile as compile_scheme
-
+    """The template's canonical form with its parameters made unknowns, each branch's and
+    linear operator's gain, and the unknown of each parameter by its name in ``text``."""
     scheme = compile_scheme(text)
     c = canonical(scheme)
-    assert c is not None, text
+    if c is None:
+        raise UnrollError(
+            f"template {text!r} is not a linear combination of state values and operators"
+        )
     unknowns = {s: sp.Dummy(s.name) for s in c.symbols}
-    ops = {
-        a.func.__name__
-        for eq in scheme.equations
-        for a in ir.applications(eq.rhs)
-        if ir.operator_kind(a) in ("branch", "linear")
-    }
+    ops = {o for o, kind in build(scheme, layer=True).operators().items() if kind != "grad"}
     gains = {name: sp.Dummy(f"g_{name}") for name in ops}
     updates = {n: _subs(comb, unknowns) for n, comb in c.updates.items()}
-    return (
-        Canonical(updates, frozenset(unknowns.values())),
-        gains,
-        {s.name: d for s, d in unknowns.items()},
-    )
+    names = {n: unknowns[s] for n, s in c.parameters.items() if s in unknowns}
+    return Canonical(updates, frozenset(unknowns.values()), {}), gains, names
 
 
 def _subs(comb: tuple, m: dict) -> tuple:
@@ -339,8 +388,6 @@ def identify(scheme: Scheme | str) -> str | None:
     'LM-ResNet'
     """
     if isinstance(scheme, str):
-        from unroll.frontend.library import resolve
-
         scheme = resolve(scheme)
     if not isinstance(scheme, Scheme):
         raise UnrollError(f"identify takes a Scheme, not {type(scheme).__name__}")

@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import sympy as sp
+import torch
 
 from unroll.errors import UnrollError
 from unroll.ir import activations
@@ -195,8 +196,6 @@ class _Extreme:
 
 def _grid(where: sp.Set):
     """Points of v in ``where``: 0.005 apart on [−30, 30], log-spaced out to 1e6, plus ends."""
-    import torch
-
     inner = torch.linspace(-30, 30, 12001, dtype=torch.float64)
     far = torch.logspace(math.log10(30), 6, 200, dtype=torch.float64)
     pts = torch.cat([-far.flip(0), inner, far])
@@ -252,8 +251,6 @@ def _piece_slopes(p: _Piece) -> tuple[_Piece, _Extreme, _Extreme]:
     what the grid saw (a grid value is attained), else it is dropped as wrong. The inverse is
     only sought where the grid finds φ′ ≥ 0: elsewhere there is none to find.
     """
-    import torch
-
     d = sp.diff(p.expr, v)
     if d.has(sp.Derivative):
         raise UnrollError(
@@ -744,8 +741,6 @@ class Objective:
 
     def evaluate_g(self, values):
         """g at every element of the tensor ``values`` (any shape): same shape, +inf off the domain."""
-        import torch
-
         values = torch.as_tensor(values)
         if not values.is_floating_point():
             values = values.to(torch.get_default_dtype())
@@ -762,8 +757,6 @@ class Objective:
     def evaluate(self, x, W, b):
         """F(x) for a batch: x (..., n), W (n, n), b (n,) -> (...); +inf where any xᵢ is off the
         domain of g. Computed in x's dtype as ½ xᵀx − ½ xᵀW x − bᵀx + Σᵢ g(xᵢ)."""
-        import torch
-
         x = torch.as_tensor(x)
         if not x.is_floating_point():
             x = x.to(torch.get_default_dtype())
@@ -781,8 +774,6 @@ class Objective:
     def check_weights(self, W, tol: float = 1e-10) -> tuple[Condition, ...]:
         """The two weight conditions checked numerically for a given W (n, n): symmetry and
         0 ⪯ W ⪯ I, each up to ``tol`` times the size of W."""
-        import torch
-
         W = torch.as_tensor(W, dtype=torch.float64)
         scale = max(1.0, float(W.abs().max())) if W.numel() else 1.0
         asym = float((W - W.T).abs().max()) if W.numel() else 0.0

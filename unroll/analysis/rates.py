@@ -24,13 +24,14 @@ from typing import Any
 import numpy as np
 import sympy as sp
 
-from unroll.analysis._common import label, substitutions
+from unroll.analysis.ode import label, linear_parts, substitutions
+from unroll.analysis.stability import ZETA
 from unroll.errors import UnrollError
-from unroll.ir import vocabulary as ir
+from unroll.ir import vocabulary as vocab
+from unroll.ir.step import build
 
 LAM = sp.Symbol("λ", positive=True)
 MU, L_ = sp.symbols("μ L", positive=True)
-ZETA = sp.Symbol("ζ")
 GRID = 2001  # λ samples for the numerical guard of `rate`
 
 
@@ -58,52 +59,41 @@ def iteration_matrix(scheme, **params: Any) -> sp.Matrix:
     ``LAM`` (λ) and the scheme's parameters (symbolic unless given). The history vector stacks
     each state's values newest first, states in the scheme's order (`history_labels`)."""
     _require_optimizer(scheme, "iteration_matrix")
-    subs = substitutions(scheme, params, defaults=False)
-    old = {}
-    for name, state in scheme.states.items():
-        for j in range(state.depth):
-            old[scheme.state_value(name, -j)] = sp.Dummy(f"{name}{j}")
-    new = {name: sp.Dummy(f"{name}_new") for name in scheme.states}
-    stages = {sp.Symbol(s): sp.Dummy(s) for s in scheme.stages}
-    rename = {**old, **{scheme.state_value(n, 1): d for n, d in new.items()}, **stages}
-
-    def quadratic(e: sp.Basic) -> sp.Basic:
-        return e.replace(
-            lambda a: isinstance(a, sp.Function) and ir.operator_kind(a) == "grad",
-            lambda a: LAM * (a.args[0] if a.args else a),
-        )
-
+    ir = build(scheme)
+    given = substitutions(scheme, params, defaults=False)
+    subs = {c.symbol: given[c.ref] for c in ir.parameters if c.ref in given}
+    for call in ir.calls:
+        if call.kind != "grad":
+            raise UnrollError(
+                f"{label(scheme)!r} applies {call.op}: the quadratic model covers ∇F only"
+            )
+    quadratic: dict = {}
+    for call in ir.calls:  # ∇F(p) = λp
+        quadratic[call.symbol] = (LAM * call.arg).xreplace(quadratic)
     eqs = []
-    for eq in scheme.equations:
-        for fn in ir.applications(eq.rhs):
-            if ir.operator_kind(fn) not in ("grad", None):
-                raise UnrollError(
-                    f"{label(scheme)!r} applies {fn.func}: the quadratic model covers ∇F only"
-                )
-        rhs = quadratic(eq.rhs).xreplace(subs).xreplace(rename)
-        lhs = eq.lhs.xreplace(rename)
-        eqs.append(sp.Eq(lhs, rhs))
-    unknowns = [*new.values(), *stages.values()]
+    for u in ir.updates:
+        if any(a.func == vocab.ACT for a in vocab.applications(u.expr)):
+            raise UnrollError(f"{label(scheme)!r} applies φ: the quadratic model covers ∇F only")
+        eqs.append(sp.Eq(u.symbol, u.expr.xreplace(quadratic).xreplace(subs)))
+    unknowns = [u.symbol for u in ir.updates]
     solved = sp.linsolve(eqs, unknowns)
     if not solved:
         raise UnrollError(f"{label(scheme)!r}: the step equations have no unique solution")
     (solution,) = solved
     values = dict(zip(unknowns, solution, strict=True))
-    columns = list(old.values())
+    new = {u.state: values[u.symbol] for u in ir.updates if u.state is not None}
+    columns = [v.symbol for s in ir.states for v in s.history[: s.depth]]
     rows = []
-    for name, state in scheme.states.items():
-        for j in range(state.depth):
+    for s in ir.states:
+        for j in range(s.depth):
             if j == 0:
-                expr = sp.expand(values[new[name]])
-                row = [sp.factor(expr.coeff(c)) for c in columns]
-                if sp.expand(expr - sum(r * c for r, c in zip(row, columns, strict=True))) != 0:
+                parts = linear_parts(new[s.name], columns)
+                if parts is None or parts[1] != 0:
                     raise UnrollError(f"{label(scheme)!r}: the step is not linear in the states")
+                row = [sp.factor(parts[0].get(c, sp.S.Zero)) for c in columns]
             else:
-                row = [
-                    sp.S.One if c == old[scheme.state_value(name, -(j - 1))] else sp.S.Zero
-                    for c in columns
-                ]
-            rows.append(row)
+                row = [sp.S.One if c == s.history[j - 1].symbol else sp.S.Zero for c in columns]
+            rows.append([ir.scheme_form(e) for e in row])
     return sp.Matrix(rows)
 
 
@@ -117,7 +107,7 @@ def history_labels(scheme) -> list[str]:
     ]
 
 
-def _check_interval(mu: Any, L: Any) -> tuple[float, float]:
+def check_interval(mu: Any, L: Any) -> tuple[float, float]:
     for name, v in (("mu", mu), ("L", L)):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             raise UnrollError(f"{name} must be a finite number, not {v!r}")
@@ -188,7 +178,7 @@ def rate(scheme, mu: float, L: float, **params: Any) -> float:
     """max over λ ∈ [μ, L] of the spectral radius of `iteration_matrix` (parameters from
     ``params``, else the scheme's defaults): the worst-case linear convergence factor per step
     on quadratics with curvatures in [μ, L]. Above 1 the scheme diverges on some λ."""
-    mu, L = _check_interval(mu, L)
+    mu, L = check_interval(mu, L)
     m, batch = _numeric_matrix(scheme, params)
     lams = np.linspace(mu, L, GRID)
     numeric = float(_spectral_radius(batch, lams).max())
@@ -199,10 +189,6 @@ def rate(scheme, mu: float, L: float, **params: Any) -> float:
     # The grid samples the same function, so it cannot exceed the true maximum (up to float
     # rounding); a larger grid value would mean a missed candidate, and the grid wins then.
     return max(exact, numeric)
-
-
-def _fast_rate(batch: Callable, mu: float, L: float, n: int = 401) -> float:
-    return float(_spectral_radius(batch, np.linspace(mu, L, n)).max())
 
 
 @dataclass(frozen=True)
@@ -297,7 +283,7 @@ def tune(scheme, mu: float, L: float) -> dict[str, float]:
     """Parameter values minimising `rate` over λ ∈ [μ, L]: the closed form for gradient descent,
     heavy ball and Nesterov (`known_tuning`), else a numerical search within each parameter's
     bounds (a step-like parameter with lower bound 0 and none above is searched in (0, 4/L])."""
-    mu, L = _check_interval(mu, L)
+    mu, L = check_interval(mu, L)
     known = known_tuning(scheme)
     if known is not None:
         return {n: float(v.subs({MU: mu, L_: L})) for n, v in known.params.items()}

@@ -3,26 +3,31 @@
 `facts` gathers what `unroll inspect` prints and what docs/schemes.md lists; an analysis that does
 not apply is a "not applicable: <reason>" note, never a crash. Regenerate the catalogue and the
 stability-region figure with ``python -m unroll.analysis.report`` (or ``unroll docs``);
-tests/test_docs_schemes.py fails when docs/schemes.md is out of date.
+tests/analysis/test_report.py fails when docs/schemes.md is out of date.
 """
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any
 
 import sympy as sp
 
 from unroll.analysis import rates, stability
-from unroll.analysis._common import ode_view
-from unroll.analysis.modified import modified_equation
-from unroll.analysis.order import order
+from unroll.analysis.identification import identify
+from unroll.analysis.modified import modified_equation, truncation_equation
+from unroll.analysis.objectives import objective
+from unroll.analysis.ode import ode_step
+from unroll.analysis.orders import order
 from unroll.errors import UnrollError
+from unroll.frontend.library import schemes as bundled
+from unroll.ir import activations
+from unroll.ir.layer_form import layer_form
 
-MU, L = 1.0, 100.0  # the interval of curvatures the catalogue tunes for (κ = 100)
+CATALOGUE_MU, CATALOGUE_L = 1.0, 100.0  # the curvatures the catalogue tunes for (κ = 100)
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 FIGURE = "stability.png"
+MAX_SHOWN_TERMS = 4  # the modified equation is shown to its leading correction, at most h^4
 
 
 def _try(fn, *args, **kwargs) -> tuple[Any, str | None]:
@@ -30,14 +35,6 @@ def _try(fn, *args, **kwargs) -> tuple[Any, str | None]:
         return fn(*args, **kwargs), None
     except UnrollError as e:
         return None, str(e).splitlines()[0]
-
-
-def _optional(module: str, name: str):
-    """``module.name`` when another pass provides it, else None."""
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
-        return None
 
 
 def _text(e: Any) -> str:
@@ -53,9 +50,23 @@ def _objective_text(obj: Any) -> str:
     return f"F(x) = ½ xᵀ(I − W)x − bᵀx + Σᵢ g(xᵢ), g(t) = {_text(g)} on {_text(domain)}"
 
 
-def facts(scheme, activation: str | None = None, mu: float = MU, L: float = L) -> dict:
+def _modified_text(eq: sp.Eq, state: str, h: sp.Symbol) -> str:
+    """``dx/dt = f + h(...) + ... + O(h^n)``, in rising powers of h."""
+    by_degree: dict[int, list] = {}
+    for term in sp.Add.make_args(eq.rhs.removeO()):
+        _, power = term.as_independent(h, as_Add=False)
+        by_degree.setdefault(int(sp.degree(power, h)), []).append(term)
+    terms = [_text(sp.Add(*by_degree[d])) for d in sorted(by_degree)]
+    text = " + ".join([*terms, _text(eq.rhs.getO())]).replace("+ -", "- ")
+    return f"d{state}/dt = {text}"
+
+
+def facts(
+    scheme, activation: str | None = None, mu: float = CATALOGUE_MU, L: float = CATALOGUE_L
+) -> dict:
     """What unroll knows of ``scheme``, as JSON-ready data: each analysis's value (None where it
-    does not apply) and, in ``notes``, why an analysis is absent."""
+    does not apply) and, in ``notes``, why an analysis is absent. ``mu`` and ``L`` bound the
+    curvatures for an optimizer scheme's rates; they are checked only where they are used."""
     out: dict[str, Any] = {
         "scheme": scheme.name or None,
         "equations": str(scheme),
@@ -65,45 +76,27 @@ def facts(scheme, activation: str | None = None, mu: float = MU, L: float = L) -
     }
     notes: dict[str, str] = {}
 
-    identify = _optional("unroll.analysis.identification", "identify")
-    if identify is None:
-        notes["architecture"] = "not available: unroll.identify is not installed"
-        out["architecture"] = None
-    else:
-        out["architecture"], err = _try(identify, scheme)
-        if err:
-            notes["architecture"] = err
-        elif out["architecture"] is None:
-            notes["architecture"] = "no known architecture matches"
+    out["architecture"], err = _try(identify, scheme)
+    if err:
+        notes["architecture"] = err
+    elif out["architecture"] is None:
+        notes["architecture"] = "no known architecture matches"
 
-    layer_form = _optional("unroll.ir.layer_form", "layer_form")
-    if layer_form is None:
-        out["layer"], notes["layer"] = (
-            None,
-            "not available: unroll.lowering.nn.layer_form is missing",
-        )
-    else:
-        form, err = _try(layer_form, scheme)
-        out["layer"] = "; ".join(str(form).splitlines()) if form is not None else None
-        if err:
-            notes["layer"] = err
+    form, err = _try(layer_form, scheme)
+    out["layer"] = "; ".join(str(form).splitlines()) if form is not None else None
+    if err:
+        notes["layer"] = err
 
     act = activation if activation is not None else scheme.activation
     if act is not None:
-        from unroll.ir import activations
-
         activations.get(act)  # an unknown name is the user's error, not a note
     out["activation"] = act
-    objective = _optional("unroll.analysis.objectives", "objective")
     uses_layer = scheme.kind in ("layer", "optimizer")
     if act is None or not uses_layer:
         out["objective"] = None
         notes["objective"] = (
             "not applicable: no activation given" if uses_layer else "not applicable: ODE scheme"
         )
-    elif objective is None:
-        out["objective"] = None
-        notes["objective"] = "not available: unroll.objective is not installed"
     else:
         obj, err = _try(objective, act)
         out["objective"] = None if obj is None else _objective_text(obj)
@@ -111,71 +104,89 @@ def facts(scheme, activation: str | None = None, mu: float = MU, L: float = L) -
             notes["objective"] = err
 
     if scheme.kind == "ode":
-        symbolic = False
-        for key, fn in (
-            ("order", order),
-            ("zero_stable", stability.is_zero_stable),
-            ("characteristic_roots", stability.characteristic_roots),
-            ("stability_function", stability.stability_function),
-            ("modified_equation", modified_equation),
-        ):
-            value, err = _try(fn, scheme)
-            if err:
-                notes[key] = err
-            if key == "characteristic_roots" and value is not None:
-                symbolic = any(isinstance(r, sp.Basic) and r.free_symbols for r in value)
-                value = [_text(r) for r in value]
-            elif isinstance(value, sp.Eq):
-                value = f"{_text(value.lhs)} = {_text(value.rhs)}"
-            elif isinstance(value, sp.Basic):
-                value = _text(value)
-            out[key] = value
-        if out["order"] == 0:
-            notes["order"] = (
-                "inconsistent with ẋ = f(x) for generic parameter values; the modified equation "
-                "shows the equation the scheme does approximate"
-            )
-        if out["characteristic_roots"] and symbolic:
-            out["zero_stable_at"] = {n: v for n, v in scheme.defaults().items() if n != "h"}
-        view, err = _try(ode_view, scheme, "stability")
-        out["stability_kind"] = None if view is None else ("R(z)" if view.depth == 1 else "π(ζ, z)")
+        _ode_facts(scheme, out, notes)
     else:
         for key in ("order", "zero_stable", "stability_function", "modified_equation"):
             out[key] = None
             notes[key] = f"not applicable: {scheme.kind} schemes have no step h"
 
     if scheme.kind == "optimizer":
-        matrix, err = _try(rates.iteration_matrix, scheme)
-        out["iteration_matrix"] = _text(matrix) if matrix is not None else None
-        if err:
-            notes["iteration_matrix"] = notes["rate"] = notes["tuned"] = err
-            out["rate_at_defaults"] = out["tuned"] = out["tuned_rate"] = None
-        else:
-            out["history"] = rates.history_labels(scheme)
-            out["mu"], out["L"] = mu, L
-            out["rate_at_defaults"], err = _try(rates.rate, scheme, mu, L)
-            if err:
-                notes["rate"] = err
-            known = rates.known_tuning(scheme)
-            out["tuned"], err = _try(rates.tune, scheme, mu, L)
-            if err:
-                notes["tuned"] = err
-                out["tuned_rate"] = None
-            else:
-                out["tuned_rate"] = rates.rate(scheme, mu, L, **out["tuned"])
-            out["tuning"] = (
-                {
-                    "method": f"closed form ({known.family.name}; {known.family.reference})",
-                    "parameters": {n: _text(v) for n, v in known.params.items()},
-                    "rate": _text(known.rate),
-                }
-                if known
-                else {"method": "numerical search"}
-            )
+        _rate_facts(scheme, mu, L, out, notes)
     else:
         notes["rate"] = "not applicable: not an optimizer scheme"
     out["notes"] = notes
     return out
+
+
+def _ode_facts(scheme, out: dict, notes: dict) -> None:
+    symbolic = False
+    for key, fn in (
+        ("order", order),
+        ("zero_stable", stability.is_zero_stable),
+        ("characteristic_roots", stability.characteristic_roots),
+        ("stability_function", stability.stability_function),
+    ):
+        value, err = _try(fn, scheme)
+        if err:
+            notes[key] = err
+        if key == "characteristic_roots" and value is not None:
+            symbolic = any(isinstance(r, sp.Basic) and r.free_symbols for r in value)
+            value = [_text(r) for r in value]
+        elif isinstance(value, sp.Basic):
+            value = _text(value)
+        out[key] = value
+    if out["order"] == 0:
+        notes["order"] = (
+            "inconsistent with ẋ = f for generic parameter values; the modified equation "
+            "shows the equation the scheme does approximate"
+        )
+    if out["characteristic_roots"] and symbolic:
+        out["zero_stable_at"] = {n: v for n, v in scheme.defaults().items() if n != "h"}
+    step, err = _try(ode_step, scheme, "stability")
+    out["stability_kind"] = None if step is None else ("R(z)" if step.depth == 1 else "π(ζ, z)")
+    # The backward-error form to its leading correction: h^p for a scheme of order p.
+    terms = min(max(out["order"] or 1, 1), MAX_SHOWN_TERMS)
+    eq, err = _try(modified_equation, scheme, terms)
+    out["modified_equation"] = (
+        None if eq is None else _modified_text(eq, step.state, step.scheme_form(step.h))
+    )
+    if err:
+        notes["modified_equation"] = err
+    if step is not None and (step.depth > 1 or eq is None):
+        eq, err = _try(truncation_equation, scheme, 2)
+        out["truncation_equation"] = None if eq is None else f"{_text(eq.lhs)} = {_text(eq.rhs)}"
+        if err:
+            notes["truncation_equation"] = err
+
+
+def _rate_facts(scheme, mu: float, L: float, out: dict, notes: dict) -> None:
+    matrix, err = _try(rates.iteration_matrix, scheme)
+    out["iteration_matrix"] = _text(matrix) if matrix is not None else None
+    if err:
+        notes["iteration_matrix"] = notes["rate"] = notes["tuned"] = err
+        out["rate_at_defaults"] = out["tuned"] = out["tuned_rate"] = None
+        return
+    out["mu"], out["L"] = rates.check_interval(mu, L)  # used here: the user's error if bad
+    out["history"] = rates.history_labels(scheme)
+    out["rate_at_defaults"], err = _try(rates.rate, scheme, mu, L)
+    if err:
+        notes["rate"] = err
+    known = rates.known_tuning(scheme)
+    out["tuned"], err = _try(rates.tune, scheme, mu, L)
+    if err:
+        notes["tuned"] = err
+        out["tuned_rate"] = None
+    else:
+        out["tuned_rate"] = rates.rate(scheme, mu, L, **out["tuned"])
+    out["tuning"] = (
+        {
+            "method": f"closed form ({known.family.name}; {known.family.reference})",
+            "parameters": {n: _text(v) for n, v in known.params.items()},
+            "rate": _text(known.rate),
+        }
+        if known
+        else {"method": "numerical search"}
+    )
 
 
 _LABELS = [
@@ -190,6 +201,7 @@ _LABELS = [
     ("characteristic_roots", "roots of ρ(ζ)"),
     ("stability_function", "stability"),
     ("modified_equation", "modified equation"),
+    ("truncation_equation", "modified equation, form of Lu et al."),
     ("iteration_matrix", "iteration matrix on F = ½λx²"),
     ("rate_at_defaults", "rate at the defaults"),
     ("tuned", "tuned parameters"),
@@ -199,7 +211,8 @@ _LABELS = [
 
 def _value_text(key: str, value: Any, f: dict) -> str:
     if key in ("rate_at_defaults", "tuned_rate"):
-        return f"{value:.4f} over λ ∈ [{f['mu']:g}, {f['L']:g}]"
+        verdict = " (diverges: the rate is 1 or more)" if value >= 1 else ""
+        return f"{value:.4f} over λ ∈ [{f['mu']:g}, {f['L']:g}]{verdict}"
     if key == "tuned":
         body = ", ".join(f"{n} = {v:.6g}" for n, v in value.items()) or "none"
         return f"{body} ({f['tuning']['method']})"
@@ -242,21 +255,25 @@ def _md_cell(value: Any) -> str:
 def markdown(schemes=None) -> str:
     """docs/schemes.md: every bundled scheme with its formula and analyses."""
     if schemes is None:
-        from unroll.frontend.library import schemes as bundled
-
         schemes = bundled
     out = [
         "# The bundled schemes",
         "",
         "Generated by `unroll docs` (`python -m unroll.analysis.report`) from the analyses in",
-        "`unroll/analysis/`; do not edit. tests/test_docs_schemes.py checks that it is current.",
+        "`unroll/analysis/`; do not edit. tests/analysis/test_report.py checks that it is current.",
         "",
-        "Conventions: ODE schemes are analysed on ẋ = f(t, x) with step h; a residual network",
-        "without a step (PolyNet, FractalNet) reads each branch as h·f, and every branch as the",
-        "same f. Order 0 means inconsistent: the scheme does not converge to the solution of",
-        "ẋ = f(x) (LM-ResNet for κ ≠ 0 solves (1 + κ)u̇ = f(u) instead, see its modified",
-        "equation). Optimizer schemes are analysed on F = ½λx² with λ ∈ "
-        f"[{MU:g}, {L:g}] (κ = {L / MU:g}).",
+        "Conventions: ODE schemes are analysed with step h on ẋ = f(x), an autonomous field,",
+        "when every branch is written f(x), and on ẋ = f(t, x) when a branch is written f(t, x)",
+        "(a branch written f(x) is then evaluated at the step's time t_k, as at run time; earlier",
+        "versions read every f(x) so, and gave a Runge–Kutta method written with f(x) order 1). A",
+        "residual network without a step (PolyNet, FractalNet) reads each branch as h·f, and",
+        "every branch as the same f. Order 0 means inconsistent: the scheme does not converge to",
+        "the solution of ẋ = f (LM-ResNet for κ ≠ 0 solves (1 + κ)u̇ = f(u) instead, see its",
+        "modified equation). The modified equation is the field of backward error analysis,",
+        "dx/dt = f + h f₂ + ..., in elementary differentials of f at x (f'f, f''(f,f), ...),",
+        "shown to its leading correction; multistep schemes also show the form of Lu et al. 2018.",
+        "Optimizer schemes are analysed on F = ½λx² with λ ∈ "
+        f"[{CATALOGUE_MU:g}, {CATALOGUE_L:g}] (κ = {CATALOGUE_L / CATALOGUE_MU:g}).",
         "",
         f"![Stability regions]({FIGURE})",
         "",
@@ -295,6 +312,7 @@ def _is_formula(label: str) -> bool:
         "iteration matrix on F = ½λx²",
         "roots of ρ(ζ)",
         "objective",
+        "modified equation, form of Lu et al.",
     )
 
 
@@ -303,8 +321,6 @@ def figure(path: Path, schemes=None) -> Path:
     from matplotlib.figure import Figure
 
     if schemes is None:
-        from unroll.frontend.library import schemes as bundled
-
         schemes = bundled
     regions = []
     for s in schemes.values():

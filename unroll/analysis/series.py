@@ -1,8 +1,9 @@
-"""One step of a one-state ODE scheme as a power series in the step h.
+"""One step of a one-state ODE scheme (`unroll.analysis.ode.OdeStep`) as a power series in h.
 
-The order (`unroll.analysis.order`) and the modified equation (`unroll.analysis.modified`) both
-substitute a smooth solution into the scheme and expand in h; they differ only in how a branch
-f(t + τ, x + δ) is written as a Taylor series in (τ, δ). That is the ``taylor`` callback here.
+The scalar order test (`unroll.analysis.orders`) and the truncation-error form of the modified
+equation (`unroll.analysis.modified`) both substitute a smooth solution into the step and expand
+in h; they differ only in how a branch f(t + τ, x + δ) is written as a Taylor series in (τ, δ).
+That is the ``taylor`` callback here.
 
 A series is a list ``[c_0, ..., c_N]`` of SymPy coefficients of h^0..h^N (terms beyond h^N are
 dropped).
@@ -14,9 +15,8 @@ from collections.abc import Callable, Mapping
 
 import sympy as sp
 
-from unroll.analysis._common import OdeView, branch_parts
+from unroll.analysis.ode import Branch, OdeStep
 from unroll.errors import UnrollError
-from unroll.ir import vocabulary as ir
 
 Series = list
 
@@ -74,56 +74,51 @@ def _cut(a: Series, m: int) -> Series:
 
 
 class Expander:
-    """Evaluates scheme expressions as series in h, given series for the state values."""
+    """Evaluates the step's IR expressions as series in h, given series for the state values;
+    ``autonomous``: expand every branch in x only (∂f/∂t = 0, time arguments dropped)."""
 
-    def __init__(self, view: OdeView, n: int, taylor: Taylor, autonomous: bool = False):
-        self.view, self.n, self.taylor, self.autonomous = view, n, taylor, autonomous
-        self.stages = set(view.stages)
+    def __init__(self, step: OdeStep, n: int, taylor: Taylor, autonomous: bool):
+        self.step, self.n, self.taylor, self.autonomous = step, n, taylor, autonomous
+        self.dynamic = {
+            step.h,
+            *step.history,
+            *step.unknowns,
+            *(b.symbol for b in step.branches),
+        }
 
-    def dynamic(self, e: sp.Basic) -> bool:
-        return bool(
-            e.has(self.view.h, ir.T, *self.stages)
-            or e.atoms(sp.Indexed)
-            or any(ir.operator_kind(a) == "branch" for a in ir.applications(e))
-        )
-
-    def __call__(self, e: sp.Basic, env: Mapping, time: bool = False) -> Series:
+    def __call__(self, e: sp.Basic, env: Mapping) -> Series:
         n = self.n
         if e in env:
             return env[e]
-        if e == self.view.h:
+        if e == self.step.h:
             return [sp.S.Zero, sp.S.One] + [sp.S.Zero] * (n - 1) if n >= 1 else [sp.S.Zero]
-        if e == ir.T:
-            if not time:
-                raise UnrollError("the time t appears outside the time argument of f(t, x)")
-            return constant(sp.S.Zero, n)  # time offset from t_k
-        if not self.dynamic(e):
+        if not (e.free_symbols & self.dynamic):
             return constant(e, n)
-        if isinstance(e, sp.Indexed):
-            raise UnrollError(f"{e}: no value for this state in the expansion")
+        if isinstance(e, sp.Symbol):
+            raise UnrollError(f"{e}: no value for it in the expansion")
         if e.is_Add:
             out = constant(sp.S.Zero, n)
             for a in e.args:
-                out = add(out, self(a, env, time))
+                out = add(out, self(a, env))
             return out
         if e.is_Mul:
             out = constant(sp.S.One, n)
             for a in e.args:
-                out = mul(out, self(a, env, time))
+                out = mul(out, self(a, env))
             return out
         if e.is_Pow and e.exp.is_Integer:
-            return power(self(e.base, env, time), int(e.exp))
-        if isinstance(e, sp.Function) and ir.operator_kind(e) == "branch":
-            return self.branch(e, env)
-        raise UnrollError(f"cannot expand {e} in powers of the step {self.view.h}")
+            return power(self(e.base, env), int(e.exp))
+        raise UnrollError(
+            f"{self.step.name!r}: cannot expand {self.step.scheme_form(e)} in powers of the step"
+        )
 
-    def branch(self, app: sp.Function, env: Mapping) -> Series:
+    def branch(self, b: Branch, env: Mapping) -> Series:
+        """``gain · f(t_k + tau, arg)`` as a series."""
         n = self.n
-        t_arg, x_arg = branch_parts(app)
-        tau = self(t_arg, env, time=True)
-        x = self(x_arg, env)
-        base_t, base_x = (sp.S.Zero if self.autonomous else tau[0]), x[0]
-        dt = [sp.S.Zero] + ([sp.S.Zero] * n if self.autonomous else tau[1:])
+        x = self(b.arg, env)
+        tau = constant(sp.S.Zero, n) if self.autonomous else self(b.tau, env)
+        base_t, base_x = tau[0], x[0]
+        dt = [sp.S.Zero] + tau[1:]
         dx = [sp.S.Zero] + x[1:]
         out = constant(sp.S.Zero, n)
         dt_pow = constant(sp.S.One, n)
@@ -138,52 +133,53 @@ class Expander:
                     out = add(out, scale(term, coeff))
                 dx_pow = mul(dx_pow, dx)
             dt_pow = mul(dt_pow, dt)
-        return out
+        return mul(self(b.gain, env), out)
 
-    def step(self, history: Mapping[int, Series], new_guess: Series) -> Series:
-        """x_{k+1} as a series, given the series of x_{k-j} (``history[-j]``); implicit
-        equations (stages or x_{k+1} used before they are computed) are solved by fixed-point
-        iteration, which gains one power of h per pass because every unknown enters through h·f
-        (so pass m works with series cut after h^m)."""
-        view, full = self.view, self.n
-        new = view.value(1)
-        unknowns: dict = {new: new_guess, **{st: constant(sp.S.Zero, full) for st in view.stages}}
-        orders = [full] if view.is_explicit else [*range(1, full + 1), full]
+    def _pass(self, env: dict, skip: sp.Symbol | None = None) -> None:
+        """One evaluation of the program: every branch, then every update but ``skip``."""
+        for b in self.step.branches:
+            env[b.symbol] = self.branch(b, env)
+        for u in self.step.updates:
+            if u.symbol != skip:
+                env[u.symbol] = self(u.expr, env)
+
+    def new_value(self, history: Mapping[sp.Symbol, Series], new_guess: Series) -> Series:
+        """x_<k+1> as a series, given the series of the history values (``history``: IR symbol
+        -> series); implicit steps (stages or x_<k+1> read before they are computed) are solved
+        by fixed-point iteration, which gains one power of h per pass because every unknown
+        enters through h·f (so pass m works with series cut after h^m)."""
+        step, full = self.step, self.n
+        unknowns: dict = {u: constant(sp.S.Zero, full) for u in step.unknowns}
+        unknowns[step.new] = new_guess
+        orders = [full] if step.is_explicit else [*range(1, full + 1), full]
         try:
             for m in orders:
                 self.n = m
-                env = {view.value(j): s[: m + 1] for j, s in history.items()}
+                env = {s: _cut(v, m) for s, v in history.items()}
                 env.update({u: _cut(s, m) for u, s in unknowns.items()})
-                for eq in view.equations:
-                    env[eq.lhs] = self(eq.rhs, env)
-                before = unknowns[new]
+                self._pass(env)
+                before = unknowns[step.new]
                 unknowns = {u: env[u] for u in unknowns}
         finally:
             self.n = full
-        if not view.is_explicit and any(
-            sp.expand(a - b) != 0 for a, b in zip(before, unknowns[new], strict=True)
+        if not step.is_explicit and any(
+            sp.expand(a - b) != 0 for a, b in zip(before, unknowns[step.new], strict=True)
         ):
             raise UnrollError(
                 "the implicit equations do not fix the new state as a power series in the "
-                f"step {view.h} (an unknown enters without a factor {view.h})"
+                f"step {step.scheme_form(step.h)} (an unknown enters without a factor of it)"
             )
-        return unknowns[new]
+        return unknowns[step.new]
 
-    def residual(self, history: Mapping[int, Series], new: Series) -> Series:
-        """x_{k+1} minus the scheme's right-hand side, with the given series for every state value
-        x_{k+1}, x_k, ... (stages solved by fixed-point iteration where they are implicit)."""
-        view = self.view
-        env: dict = {view.value(j): s for j, s in history.items()}
-        env[view.value(1)] = new
-        for st in view.stages:
-            env[st] = constant(sp.S.Zero, self.n)
-        passes = 1 if view.is_explicit else self.n + 2
-        out = None
+    def residual(self, history: Mapping[sp.Symbol, Series], new: Series) -> Series:
+        """x_<k+1> minus the step's value of it, with the given series for every state value
+        (stages an implicit step reads early solved by fixed-point iteration)."""
+        step = self.step
+        env: dict = dict(history)
+        env[step.new] = new
+        env.update({u: constant(sp.S.Zero, self.n) for u in step.unknowns if u != step.new})
+        passes = 1 if step.is_explicit else self.n + 2
         for _ in range(passes):
-            for eq in view.equations:
-                value = self(eq.rhs, env)
-                if isinstance(eq.lhs, sp.Indexed):
-                    out = [sp.expand(a - b) for a, b in zip(new, value, strict=True)]
-                else:
-                    env[eq.lhs] = value
-        return out
+            self._pass(env, skip=step.new)
+        value = self(step.updates[-1].expr, env)
+        return [sp.expand(a - b) for a, b in zip(new, value, strict=True)]

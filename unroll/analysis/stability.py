@@ -16,53 +16,48 @@ from typing import Any
 import numpy as np
 import sympy as sp
 
-from unroll.analysis._common import OdeView, branch_parts, label, ode_view, substitutions
+from unroll.analysis.ode import OdeStep, label, linear_parts, ode_step, substitutions
 from unroll.errors import UnrollError
-from unroll.ir import vocabulary as ir
 
 Z = sp.Symbol("z")  # hλ
 ZETA = sp.Symbol("ζ")
 ROOT_TOL = 1e-9  # |root| within this of 1 counts as on the unit circle (float64 root finding)
 
 
-def _recurrence(view: OdeView) -> list[sp.Expr]:
-    """[c_0(z), ..., c_{d-1}(z)] with x_{k+1} = Σ_j c_j x_{k-j} on ẋ = λx, z = hλ."""
+def _stability_step(scheme, what: str, params: dict) -> OdeStep:
+    for name in (Z.name, ZETA.name):
+        if name in scheme.parameters:
+            raise UnrollError(
+                f"{label(scheme)!r}: the parameter {name} would read as {name} of the stability "
+                "analysis (z = hλ, ζ a root); rename it"
+            )
+    return ode_step(scheme, what, params)
+
+
+def _recurrence(step: OdeStep) -> list[sp.Expr]:
+    """[c_0(z), ..., c_{d-1}(z)] with x_<k+1> = Σ_j c_j x_<k-j> on ẋ = λx, z = hλ, in the
+    scheme's own symbols."""
     lam = sp.Dummy("λ")
-    past = [sp.Dummy(f"x{j}") for j in range(view.depth)]
-    new = sp.Dummy("x_new")
-    rename = {view.value(-j): past[j] for j in range(view.depth)}
-    rename[view.value(1)] = new
-    stages = [sp.Dummy(st.name) for st in view.stages]  # a stage may be called z, like hλ
-    rename.update(zip(view.stages, stages, strict=True))
-
-    def linear(e: sp.Basic) -> sp.Basic:
-        return e.replace(
-            lambda a: isinstance(a, sp.Function) and ir.operator_kind(a) == "branch",
-            lambda a: lam * branch_parts(a)[1],
-        )
-
-    eqs = []
-    for eq in view.equations:
-        for ref in eq.rhs.atoms(sp.Indexed):
-            if ref not in rename:
-                raise UnrollError(f"{ref}: not a value of the state {view.state}")
-        eqs.append(sp.Eq(eq.lhs.xreplace(rename), linear(eq.rhs).xreplace(rename)))
-    unknowns = [new, *stages]
+    linear: dict = {}
+    for b in step.branches:  # f(t, x) = λx: each branch value is gain·λ·(its argument)
+        linear[b.symbol] = (b.gain * lam * b.arg).xreplace(linear)
+    eqs = [sp.Eq(u.symbol, u.expr.xreplace(linear)) for u in step.updates]
+    unknowns = list(step.unknowns)
     (solution,) = sp.linsolve(eqs, unknowns) or [None]
-    if solution is None:
+    if solution is None or solution[unknowns.index(step.new)].has(*unknowns):
         raise UnrollError("on ẋ = λx the step equations have no unique solution")
-    value = sp.expand(solution[0].subs(lam, Z / view.h))
-    coeffs = [sp.factor(sp.cancel(value.coeff(x))) for x in past]
-    rest = sp.simplify(value - sum(c * x for c, x in zip(coeffs, past, strict=True)))
-    if rest != 0 or any(c.has(*past, new, *stages) for c in coeffs):
+    value = sp.cancel(solution[unknowns.index(step.new)].subs(lam, Z / step.h))
+    parts = linear_parts(value, step.history)
+    if parts is None or sp.simplify(parts[1]) != 0:
         raise UnrollError("on ẋ = λx the step is not linear in the past states")
-    return coeffs
+    coeffs = [sp.factor(sp.cancel(parts[0].get(x, sp.S.Zero))) for x in step.history]
+    return [step.scheme_form(c) for c in coeffs]
 
 
-def stability_polynomial(view: OdeView) -> sp.Expr:
+def stability_polynomial(step: OdeStep) -> sp.Expr:
     """π(ζ, z), a polynomial in ζ and z with no common denominator."""
-    coeffs = _recurrence(view)
-    d = view.depth
+    coeffs = _recurrence(step)
+    d = step.depth
     poly = ZETA**d - sum(c * ZETA ** (d - 1 - j) for j, c in enumerate(coeffs))
     num, _ = sp.fraction(sp.cancel(sp.together(poly)))
     num = sp.expand(num)
@@ -76,18 +71,18 @@ def stability_function(scheme, **params: Any) -> sp.Expr:
     """R(z), z = hλ, for a one-step scheme (x_{k+1} = R(z) x_k on ẋ = λx); for a multistep
     scheme the stability polynomial π(ζ, z) (the scheme is stable at z when every root ζ has
     modulus ≤ 1). Parameters other than h stay symbolic unless given."""
-    view = ode_view(scheme, "stability_function", params)
-    if view.depth == 1:
-        (r,) = _recurrence(view)
+    step = _stability_step(scheme, "stability_function", params)
+    if step.depth == 1:
+        (r,) = _recurrence(step)
         num, den = sp.fraction(sp.cancel(r))
         return sp.expand(num) / sp.expand(den) if den != 1 else sp.expand(num)
-    return stability_polynomial(view)
+    return stability_polynomial(step)
 
 
 def first_characteristic_polynomial(scheme, **params: Any) -> sp.Expr:
     """ρ(ζ) = π(ζ, 0)."""
-    view = ode_view(scheme, "characteristic_roots", params)
-    rho = sp.expand(stability_polynomial(view).subs(Z, 0))
+    step = _stability_step(scheme, "characteristic_roots", params)
+    rho = sp.expand(stability_polynomial(step).subs(Z, 0))
     if rho == 0:
         raise UnrollError(f"{label(scheme)!r}: ρ(ζ) vanishes identically")
     return rho
@@ -126,6 +121,53 @@ def is_zero_stable(scheme, **params: Any) -> bool:
         return False
     repeated = sp.gcd(poly, poly.diff(ZETA))  # exact: the roots of ρ that are not simple
     return not any(abs(abs(r) - 1) <= ROOT_TOL for r in _numeric_roots(repeated))
+
+
+NEWTON_STEPS = 4  # per grid column, from the roots at the neighbouring column
+VIETA_TOL = 1e-10  # relative: the roots must sum to −a_1 (else they are recomputed)
+
+
+def _companion_roots(monic: np.ndarray) -> np.ndarray:
+    """(d, m) monic coefficients a_1..a_d -> (m, d) roots, as companion-matrix eigenvalues."""
+    d, m = monic.shape
+    comp = np.zeros((m, d, d), dtype=complex)
+    comp[:, 0, :] = -monic.T
+    comp[:, np.arange(1, d), np.arange(d - 1)] = 1
+    return np.linalg.eigvals(comp)
+
+
+def largest_root_modulus(monic: np.ndarray) -> np.ndarray:
+    """(d, ny, nx) coefficients a_1..a_d of ζ^d + a_1 ζ^{d-1} + ... + a_d on a grid -> (ny, nx)
+    largest root modulus (inf where a coefficient is not finite).
+
+    The roots move continuously with z: each grid column starts Newton's method from the roots
+    of the column before (a batched eigenvalue solve costs some 40 µs per point, this a few
+    array operations per column). A column's roots are kept only where they sum to −a_1, which
+    fails when two starts converge to one root; there the companion matrix decides."""
+    d, ny, nx = monic.shape
+    finite = np.isfinite(monic).all(axis=0)
+    a = np.where(finite, monic, 0)
+    modulus = np.empty((ny, nx))
+    roots = _companion_roots(a[:, :, 0])
+    for j in range(nx):
+        coeff = a[:, :, j]
+        if j:
+            with np.errstate(all="ignore"):
+                for _ in range(NEWTON_STEPS):
+                    p, dp = np.ones_like(roots), np.zeros_like(roots)
+                    for k in range(d):
+                        dp = dp * roots + p
+                        p = p * roots + coeff[k][:, None]
+                    step = p / dp
+                    roots = np.where(np.isfinite(step), roots - step, roots)
+                total = roots.sum(axis=1)
+                scale = 1 + np.abs(roots).sum(axis=1)
+                wrong = ~(np.abs(total + coeff[0]) <= VIETA_TOL * scale)
+            if wrong.any():
+                roots[wrong] = _companion_roots(coeff[:, wrong])
+        modulus[:, j] = np.abs(roots).max(axis=1)
+    modulus[~finite] = np.inf
+    return modulus
 
 
 def _numeric_roots(poly: sp.Poly) -> np.ndarray:
@@ -200,36 +242,27 @@ def stability_region(
     a PNG at ``plot``). Parameters other than h take the given values, else the defaults."""
     if n < 2:
         raise UnrollError(f"n must be at least 2, not {n}")
-    view = ode_view(scheme, "stability_region", params)
+    step = _stability_step(scheme, "stability_region", params)
     subs = substitutions(scheme, params, defaults=True)
     x = np.linspace(*re, n)
     y = np.linspace(*im, n)
     zz = x[None, :] + 1j * y[:, None]
-    if view.depth == 1:
-        (r,) = _recurrence(view)
+    if step.depth == 1:
+        (r,) = _recurrence(step)
         r = r.xreplace(subs)
         _require_numeric(scheme, r)
         formula = f"R(z) = {r}"
         with np.errstate(divide="ignore", invalid="ignore"):
             modulus = np.abs(np.broadcast_to(sp.lambdify(Z, r, "numpy")(zz), zz.shape))
     else:
-        poly = stability_polynomial(view).xreplace(subs)
+        poly = stability_polynomial(step).xreplace(subs)
         _require_numeric(scheme, poly)
         formula = f"π(ζ, z) = {poly}"
         coeffs = sp.Poly(poly, ZETA).all_coeffs()
         values = [np.broadcast_to(sp.lambdify(Z, c, "numpy")(zz), zz.shape) for c in coeffs]
-        lead = values[0]
-        deg = len(coeffs) - 1
-        # The roots of π(·, z) are the eigenvalues of its companion matrix, for all z at once.
-        comp = np.zeros((*zz.shape, deg, deg), dtype=complex)
         with np.errstate(divide="ignore", invalid="ignore"):
-            for i in range(deg):
-                comp[..., 0, i] = -values[i + 1] / lead
-        comp[..., np.arange(1, deg), np.arange(deg - 1)] = 1
-        bad = ~np.isfinite(comp).all(axis=(-1, -2))
-        comp[bad] = 0
-        modulus = np.abs(np.linalg.eigvals(comp)).max(axis=-1)
-        modulus[bad] = np.inf
+            monic = np.stack([v / values[0] for v in values[1:]]).astype(complex)
+        modulus = largest_root_modulus(monic)
     modulus = np.where(np.isfinite(modulus), modulus, np.inf)
     region = StabilityRegion(label(scheme), x, y, modulus, formula)
     if plot is not None:

@@ -7,8 +7,9 @@ branch; ``φ`` and ``W`` are the layer) and come back unchanged. An optimizer sc
 - with h(x) = ½ xᵀ(I − W₀)x − b₀ᵀx one has p − α∇h(p) = W p + b for W = (1 − α)I + αW₀ and
   b = αb₀, so a gradient term ``c ∇F(p)`` of a state update is replaced by ``W p + b − p``
   (the step, whatever its coefficient, is absorbed into W and b), and
-- the update of every *primal* state (a state that ∇F is evaluated at, directly or through
-  stages) is wrapped in ``φ = prox_g``:
+- the update of every *primal* state is wrapped in ``φ = prox_g``: a state whose new value
+  (stages and other new values written out) is a plain gradient step p + c ∇F(p), or, when no
+  state's is, every state that ∇F is evaluated at, directly or through stages:
 
       x_<k+1> = E + c ∇F(p)     becomes     x_<k+1> = φ(E + W p + b − p).
 
@@ -17,7 +18,10 @@ branch; ``φ`` and ``W`` are the layer) and come back unchanged. An optimizer sc
 - A non-primal state that carries the gradient into a primal update, as the velocity v of
   ``v_<k+1> = β v_k − α∇F(x_k); x_<k+1> = x_k + v_<k+1>``, is substituted into that update
   first, and afterwards re-derived from the new primal value: x_<k+1> = E + c v_<k+1> gives
-  v_<k+1> = (x_<k+1> − E)/c. So the velocity form builds the same network as heavy ball.
+  v_<k+1> = (x_<k+1> − E)/c. So the velocity form builds the same network as heavy ball, and
+  Nesterov's velocity form ``v_<k+1> = β v_k − α∇F(x_k + β v_k); x_<k+1> = x_k + v_<k+1>``,
+  where x_<k+1> is the gradient step from x_k + β v_k, the same as AGD-Net:
+  x_<k+1> = φ(W(x_k + β v_k) + b), v_<k+1> = x_<k+1> − x_k.
 
 One gradient term per update is realised (several would each need their own W). ``α`` and
 whatever else only scaled ∇F disappears from the parameters; ``b`` (per channel, trainable,
@@ -31,14 +35,14 @@ import sympy as sp
 from unroll.errors import UnrollError
 from unroll.frontend.printing import equation_text, expr_text
 from unroll.frontend.scheme import Parameter, Scheme
-from unroll.ir import vocabulary as ir
+from unroll.ir import vocabulary as vocab
 
 # The linear operator and the bias the rewrite introduces.
-W = ir.linear("W")
+W = vocab.linear("W")
 
 
 def _grad_apps(expr: sp.Basic) -> list[sp.Basic]:
-    return [a for a in ir.applications(expr) if ir.operator_kind(a) == "grad"]
+    return [a for a in vocab.applications(expr) if vocab.operator_kind(a) == "grad"]
 
 
 def _fresh_bias(scheme: Scheme) -> sp.Symbol:
@@ -58,7 +62,7 @@ def _realise_gradient(rhs: sp.Expr, bias: sp.Symbol, where: str) -> sp.Expr:
             continue
         for sub in sp.Add.make_args(sp.expand(term)):
             coeff, app = sub.as_independent(*_grad_apps(sub), as_Add=False)
-            if ir.operator_kind(app) != "grad" or _grad_apps(coeff):
+            if vocab.operator_kind(app) != "grad" or _grad_apps(coeff):
                 raise UnrollError(
                     f"{where}: ∇F enters nonlinearly ({expr_text(sub)}); the proximal reading "
                     "needs a term c ∇F(p)"
@@ -75,17 +79,52 @@ def _realise_gradient(rhs: sp.Expr, bias: sp.Symbol, where: str) -> sp.Expr:
     return sp.Add(*kept) + W(point) + bias - point
 
 
+def _substituted(expr: sp.Expr, defs: dict) -> sp.Expr:
+    """``expr`` with stages and new values replaced by their definitions, recursively."""
+    for _ in range(len(defs) + 1):
+        done = expr.xreplace(defs)
+        if done == expr:
+            return expr
+        expr = done
+    return expr  # pragma: no cover - definitions that refer to themselves make a scheme implicit
+
+
+def _gradient_steps(scheme: Scheme, defs: dict) -> set[str]:
+    """Tensor states whose new value, stages and other new values written out, is one gradient
+    step p + c ∇F(p) and nothing else: Nesterov's x_<k+1> = y − α∇F(y), whether y is a stage or
+    x_k + β v_k through a velocity v."""
+    out = set()
+    for eq in scheme.equations:
+        if not isinstance(eq.lhs, sp.Indexed) or scheme.states[eq.lhs.base.label.name].scalar:
+            continue
+        rhs = sp.expand(_substituted(eq.rhs, defs))
+        apps = set(_grad_apps(rhs))
+        if len(apps) != 1:
+            continue
+        (app,) = apps
+        c = sp.expand(sp.diff(rhs, app))
+        if c == 0 or _grad_apps(c) or vocab.state_refs(c):
+            continue
+        if sp.expand(rhs - c * app - app.args[0]) == 0:
+            out.add(eq.lhs.base.label.name)
+    return out
+
+
 def _primal_states(scheme: Scheme, defs: dict) -> set[str]:
-    """Tensor states that ∇F is evaluated at, through stages and new values."""
+    """The states φ = prox_g wraps: those whose update is a gradient step p + c ∇F(p), else the
+    tensor states that ∇F is evaluated at, through stages and new values."""
+    steps = _gradient_steps(scheme, defs)
+    if steps:
+        return steps
 
     def states_in(expr: sp.Basic, seen: frozenset) -> set[str]:
         out = set()
-        for ref in ir.state_refs(expr):
-            if ir.offset(ref, scheme.index) == 1 and ref in defs and ref not in seen:
+        for ref in vocab.state_refs(expr):
+            if vocab.offset(ref, scheme.index) == 1 and ref in defs and ref not in seen:
                 out |= states_in(defs[ref], seen | {ref})
             else:
                 out.add(ref.base.label.name)
-        for sym in ir.plain_symbols(expr):
+        for sym in vocab.plain_symbols(expr):
             if sym in defs and sym not in seen:
                 out |= states_in(defs[sym], seen | {sym})
         return out
@@ -104,7 +143,7 @@ def layer_form(scheme: Scheme) -> Scheme:
     if scheme.kind != "optimizer":
         return scheme
     name = scheme.name or str(scheme)
-    taken_w = [o for eq in scheme.equations for o in ir.applications(eq.rhs) if o.func == W]
+    taken_w = [o for eq in scheme.equations for o in vocab.applications(eq.rhs) if o.func == W]
     if taken_w:
         raise UnrollError(f"scheme {name!r} already uses W; its layer form would introduce W")
     bias = _fresh_bias(scheme)
@@ -130,7 +169,7 @@ def layer_form(scheme: Scheme) -> Scheme:
             continue  # a gradient-carrying stage is substituted where it is used
         rhs = eq.rhs.xreplace(carriers)
         if isinstance(lhs, sp.Indexed) and lhs.base.label.name in primal and _grad_apps(rhs):
-            rhs = ir.ACT(_realise_gradient(rhs, bias, where))
+            rhs = vocab.ACT(_realise_gradient(rhs, bias, where))
         elif _grad_apps(rhs):
             raise UnrollError(
                 f"{where}: ∇F in the update of {expr_text(lhs)}, which ∇F is not evaluated at; "
@@ -141,7 +180,7 @@ def layer_form(scheme: Scheme) -> Scheme:
     if deferred:  # pragma: no cover - _rederive only defers to equations that exist
         raise UnrollError(f"scheme {name!r}: cannot order the layer equations")
 
-    used = {s.name for eq in out for s in ir.plain_symbols(eq.rhs)}
+    used = {s.name for eq in out for s in vocab.plain_symbols(eq.rhs)}
     specs = [p for p in scheme.parameters.values() if p.name in used]
     specs.append(Parameter(bias.name, default=0.0, trainable=True, per_channel=True))
     states = {eq.lhs.base.label.name for eq in out if isinstance(eq.lhs, sp.Indexed)}
@@ -173,8 +212,8 @@ def _rederive(
         rest = sp.expand(eq.rhs - c * new)
         if (
             not c.free_symbols.isdisjoint(rest.atoms(sp.Indexed))
-            or ir.state_refs(c)
-            or list(ir.applications(c))
+            or vocab.state_refs(c)
+            or list(vocab.applications(c))
             or new in rest.atoms(sp.Indexed)
             or _grad_apps(rest)
         ):

@@ -31,21 +31,30 @@ def command(
 ) -> None:
     """Report on SCHEME (a bundled name, a YAML file or scheme text): kind, architecture, layer,
     objective, order, zero-stability, stability function, modified equation, and for optimizer
-    schemes the iteration matrix, rate and tuned parameters."""
+    schemes the iteration matrix, rate and tuned parameters (--mu and --L bound the curvatures;
+    they are checked only for those). A plot that cannot be drawn is refused after the report."""
     from unroll.analysis import report, stability_region
-    from unroll.analysis.rates import _check_interval
+    from unroll.errors import UnrollError
     from unroll.frontend.library import resolve
 
     s = resolve(scheme)
-    _check_interval(mu, L)
     facts = report.facts(s, activation=activation, mu=mu, L=L)
+    refused = None
     if plot is not None:
-        stability_region(s, plot=plot)
-        facts["plot"] = plot
+        try:
+            stability_region(s, plot=plot)
+            facts["plot"] = plot
+        except UnrollError as e:
+            refused = f"--plot: no stability region drawn: {str(e).splitlines()[0]}"
+            facts["plot"] = None
+            facts["notes"]["plot"] = refused
     if as_json:
         click.echo(json.dumps(facts, ensure_ascii=False, indent=2))
-        return
-    for line in report.lines(facts):
-        click.echo(line)
-    if plot is not None:
-        click.echo(f"stability region: {plot}")
+    else:
+        for line in report.lines(facts):
+            click.echo(line)
+        if facts.get("plot"):
+            click.echo(f"stability region: {plot}")
+    if refused:
+        click.echo(f"error: {refused}", err=True)
+        click.get_current_context().exit(2)

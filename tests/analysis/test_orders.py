@@ -14,7 +14,6 @@ import unroll
 from unroll.analysis import order
 from unroll.analysis.bseries import gamma, trees
 from unroll.ir import vocabulary as ir
-from unroll.lowering.eager.evaluate import evaluate
 
 # ẋ = cos(t)(1 + x²), x(0) = 0 has the solution x(t) = tan(sin t): nonlinear in x, depends on t,
 # and f(t, 0) ≠ 0 (so PolyNet's f(f(x)) term is not accidentally consistent).
@@ -104,13 +103,15 @@ def implicit_run(scheme, n, h):
     """Steps of a one-state, stage-free implicit scheme, each solved by fixed-point iteration
     (it contracts: |h ∂f/∂x| ≤ 1.5·3.2/16 < 0.3 here)."""
     (eq,) = scheme.equations
-    params = {sp.Symbol("h"): h}
+    new, old = sp.symbols("x_new x_old")
+    rhs = eq.rhs.xreplace({scheme.state_value("x", 1): new, scheme.state_value("x", 0): old})
+    g = sp.lambdify([new, old, sp.Symbol("h"), ir.T], rhs, modules=[{"f": f}, "math"])
     x = torch.zeros(1, dtype=torch.float64)
     for k in range(n):
-        env = {**params, ir.T: k * h, scheme.state_value("x", 0): x, scheme.state_value("x", 1): x}
+        y = x
         for _ in range(30):  # contraction < 0.3 per sweep: 0.3^30 < 1e-15
-            env[scheme.state_value("x", 1)] = evaluate(eq.rhs, env, {"f": f})
-        x = env[scheme.state_value("x", 1)]
+            y = g(y, x, h, k * h)
+        x = y
     return float(x)
 
 
@@ -167,3 +168,58 @@ def test_order_refuses_what_it_does_not_cover():
         order(unroll.schemes["revnet"])
     with pytest.raises(unroll.UnrollError, match="unknown parameter"):
         order(unroll.schemes["lm_resnet"], gamma=1)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (
+            "a = f(x_k); b = f(x_k + h/2 a); c = f(x_k + h/2 b); d = f(x_k + h c); "
+            "x_<k+1> = x_k + h/6 (a + 2b + 2c + d)",
+            4,
+        ),
+        ("a = f(x_k); x_<k+1> = x_k + h/2 (a + f(x_k + h a))", 2),
+    ],
+)
+def test_autonomous_spelling_matches_measured_slope(text, expected):
+    # The logistic equation ẋ = x(1 − x), x(0) = 1/2: x = 1/(1 + e^−t), an autonomous field
+    # written f(x). (On ẋ = 1 + x² up to t = 1, RK4's leading error term nearly cancels: three
+    # step sizes fit a slope of 1.1, measured; the logistic curve has no such coincidence.)
+    s = unroll.compile(text)
+    p = order(s)
+    errors = []
+    steps = [16, 32, 64]
+    for n in steps:
+        x0 = torch.full((1,), 0.5, dtype=torch.float64)
+        x = s.run(x0, n, f=lambda t, x: x * (1 - x), h=2.0 / n)
+        errors.append(abs(float(x) - 1 / (1 + np.exp(-2.0))))
+    assert p == expected and abs(slope(errors, steps) - p) <= SLOPE_TOL
+
+
+def test_linear_multistep_coefficients_are_nodepys():
+    # Σ a_j x_<n+j> = h Σ b_j f(x_<n+j>), read off the scheme text, against nodepy's (alpha,
+    # beta) for every multistep method of the catalogue; the order then follows from
+    # C_0 = Σ a_j, C_q = Σ j^q a_j − q Σ j^(q−1) b_j.
+    lm = pytest.importorskip("nodepy.linear_multistep_method")
+    from tests.analysis.catalogue import MULTISTEP
+    from unroll.analysis.ode import ode_step
+    from unroll.analysis.orders import linear_multistep
+
+    for name, (text, constructor, k) in MULTISTEP.items():
+        method = getattr(lm, constructor)(k)
+        a, b = linear_multistep(ode_step(unroll.compile(text), "order"))
+        assert [sp.nsimplify(v) for v in method.alpha] == a, name
+        assert [sp.nsimplify(v) for v in method.beta] == b, name
+    assert linear_multistep(ode_step(unroll.schemes["rk4"], "order")) is None  # stages
+
+
+def test_order_past_the_limit_is_an_error_not_a_guess():
+    # The 9-step Adams–Bashforth method has order 9, past ORDER_LIMIT = 8 (its coefficients
+    # as nodepy's Adams_Bashforth(9) gives them, times 3628800).
+    ab9 = unroll.compile(
+        "x_<k+1> = x_k + h/3628800 (14097247 f(x_k) - 43125206 f(x_<k-1>) + 95476786 f(x_<k-2>)"
+        " - 139855262 f(x_<k-3>) + 137968480 f(x_<k-4>) - 91172642 f(x_<k-5>)"
+        " + 38833486 f(x_<k-6>) - 9664106 f(x_<k-7>) + 1070017 f(x_<k-8>))"
+    )
+    with pytest.raises(unroll.UnrollError, match="exceeds 8"):
+        order(ab9)
