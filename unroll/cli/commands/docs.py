@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from unroll.analysis import report
+
 
 @click.command("docs")
 @click.option(
@@ -17,7 +19,6 @@ import click
 @click.option("--no-figures", is_flag=True, help="Write the Markdown only.")
 def command(out: str | None, no_figures: bool) -> None:
     """Write schemes.md (every bundled scheme with its analyses) and stability.png."""
-    from unroll.analysis import report
 
     for path in report.write(Path(out) if out else report.DOCS, figures=not no_figures):
         click.echo(str(path))

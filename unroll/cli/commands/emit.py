@@ -6,6 +6,12 @@ from pathlib import Path
 
 import click
 
+from unroll.errors import UnrollError
+from unroll.frontend.library import resolve
+from unroll.frontend.library import schemes as bundled
+from unroll.ir.activations import get
+from unroll.lowering.triton.emit import write
+
 
 @click.command("emit")
 @click.argument("schemes", nargs=-1)
@@ -23,17 +29,11 @@ import click
 def command(schemes: tuple[str, ...], directory: Path, activation: str | None, every: bool) -> None:
     """Write the fused forward/backward Triton module of each SCHEME (a bundled name, a YAML
     file or scheme text) and print the equations it implements."""
-    from unroll.errors import UnrollError
-    from unroll.frontend.library import resolve
-    from unroll.frontend.library import schemes as bundled
-    from unroll.lowering.triton.emit import write
 
     specs = list(bundled) if every else list(schemes)
     if not specs:
         raise UnrollError("name a scheme to emit (or pass --all)")
     if activation is not None:
-        from unroll.ir.activations import get
-
         get(activation)  # an unknown name is an error even for a scheme that uses no φ
     for spec in specs:
         block, path = write(resolve(spec), directory, activation)

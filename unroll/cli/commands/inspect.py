@@ -6,6 +6,10 @@ import json
 
 import click
 
+from unroll.analysis import report, stability_region
+from unroll.errors import UnrollError
+from unroll.frontend.library import resolve
+
 
 @click.command("inspect")
 @click.argument("scheme")
@@ -33,9 +37,6 @@ def command(
     objective, order, zero-stability, stability function, modified equation, and for optimizer
     schemes the iteration matrix, rate and tuned parameters (--mu and --L bound the curvatures;
     they are checked only for those). A plot that cannot be drawn is refused after the report."""
-    from unroll.analysis import report, stability_region
-    from unroll.errors import UnrollError
-    from unroll.frontend.library import resolve
 
     s = resolve(scheme)
     facts = report.facts(s, activation=activation, mu=mu, L=L)

@@ -6,11 +6,12 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from unroll.frontend.library import schemes
+
 
 @click.command("list")
 def command() -> None:
     """List the bundled schemes: name, kind and description."""
-    from unroll.frontend.library import schemes
 
     table = Table(box=None, show_header=True, header_style="bold")
     for column in ("scheme", "kind", "description"):

@@ -12,6 +12,9 @@ import sympy as sp
 from rich.console import Console
 from rich.table import Table
 
+from unroll.analysis.objectives import objective, table
+from unroll.errors import UnrollError
+
 
 def conditions_table(obj) -> Table:
     """The conditions of an `Objective` as a rich table: condition, status, how, evidence."""
@@ -33,8 +36,6 @@ def command(activation: str | None, latex: bool, as_table: bool) -> None:
 
     ACTIVATION is a name such as relu, sigmoid, leaky_relu(0.1) or elu(0.5).
     """
-    from unroll.analysis.objectives import objective, table
-    from unroll.errors import UnrollError
 
     if as_table:
         click.echo(table())

@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import click
+import sympy as sp
 
+from unroll.analysis.identification import identify
+from unroll.errors import UnrollError
+from unroll.frontend.library import resolve
+from unroll.frontend.printing import equation_text
 from unroll.frontend.scheme import STEP_NAMES
+from unroll.ir import activations
+from unroll.ir import vocabulary as ir
+from unroll.ir.layer_form import layer_form
 
 
 def describe(scheme, activation: str | None = None) -> list[str]:
@@ -56,14 +64,6 @@ def describe(scheme, activation: str | None = None) -> list[str]:
 
 def _network(scheme, activation: str | None) -> list[str]:
     """The identified architecture and the layer form, φ written as the activation's name."""
-    import sympy as sp
-
-    from unroll.analysis.identification import identify
-    from unroll.errors import UnrollError
-    from unroll.frontend.printing import equation_text
-    from unroll.ir import activations
-    from unroll.ir import vocabulary as ir
-    from unroll.ir.layer_form import layer_form
 
     name = identify(scheme) or "none known"
     if scheme.architecture and scheme.architecture != name:
@@ -88,7 +88,6 @@ def _network(scheme, activation: str | None) -> list[str]:
 def command(scheme: str, activation: str | None) -> None:
     """Show SCHEME (a bundled name, a YAML file or scheme text): equations, states, parameters,
     the architecture it is and its network layer."""
-    from unroll.frontend.library import resolve
 
     s = resolve(scheme)
     for line in describe(s, activation):
