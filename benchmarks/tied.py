@@ -199,7 +199,7 @@ def run(
             fn = fns[mode] if mode in ("eager", "tied") else fns[mode]()
             note = ""
             if mode == "tied":
-                reason = tied.fallback_reason(scheme, ins[0], ins[1], activation)
+                reason = tied.tied_reason(scheme, ins[0], ins[1], activation)
                 if reason:
                     rows.append(
                         Row(

@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING
 
 import sympy as sp
 
+from unroll import __version__
+from unroll.lowering import cache
 from unroll.lowering.triton.printer import TritonPrinter, helper_source, prepare
 
 if TYPE_CHECKING:
@@ -71,9 +73,9 @@ def _indent(lines: Sequence[str], n: int) -> str:
 # -- the kernels -----------------------------------------------------------------------------
 def source(step: TiedStep) -> str:
     """The Triton module body (text) for ``step``: the printer's helpers, ``tied_forward``,
-    ``tied_backward`` and ``layer_forward``."""
+    ``tied_backward``, ``weight_grad`` and ``layer_forward``."""
     pr = _printer()
-    kernels = _forward(pr, step) + "\n\n" + _backward(pr, step) + "\n\n" + _layer(pr, step)
+    kernels = "\n\n".join([_forward(pr, step), _backward(pr, step), WEIGHT_GRAD, _layer(pr, step)])
     helpers = helper_source(pr.helpers_used)
     return (helpers + "\n\n" if helpers else "") + kernels
 
@@ -347,6 +349,45 @@ def _layer(pr: TritonPrinter, step: TiedStep) -> str:
     )
 
 
+# dW = Σ_k dZ_kᵀ P_k over all depth·B rows: the same for every scheme. Each program owns one
+# (BLOCK_O, BLOCK_I) tile of dW and one contiguous chunk of rows, sums its chunk in a fixed order
+# and writes its partial tile; the launcher sums the partials in a fixed order. No atomics: the
+# same bits on every run.
+WEIGHT_GRAD = """\
+@triton.jit
+def weight_grad(
+    DZ,  # (R, n) dL/dz rows, R = depth·B
+    P,  # (R, n) the matching points p
+    PART,  # (splits, n, n) out: each chunk's share of dW = DZ^T P
+    R, N,  # rows, width
+    ROWS_PER_SPLIT,  # rows per chunk, a multiple of BLOCK_R
+    BLOCK_O: tl.constexpr,  # rows of dW per program
+    BLOCK_I: tl.constexpr,  # columns of dW per program
+    BLOCK_R: tl.constexpr,  # rows of DZ and P per step of the reduction
+    PREC: tl.constexpr,  # tl.dot input precision
+    COMPUTE: tl.constexpr,  # the accumulation dtype
+):
+    o = tl.program_id(0) * BLOCK_O + tl.arange(0, BLOCK_O)
+    i = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
+    split = tl.program_id(2)
+    acc = tl.zeros((BLOCK_O, BLOCK_I), COMPUTE)
+    for r0 in range(0, ROWS_PER_SPLIT, BLOCK_R):
+        r = split.to(tl.int64) * ROWS_PER_SPLIT + r0 + tl.arange(0, BLOCK_R)  # 64-bit rows
+        dz = tl.load(
+            DZ + r[:, None] * N + o[None, :], mask=(r[:, None] < R) & (o[None, :] < N), other=0.0
+        )
+        p = tl.load(
+            P + r[:, None] * N + i[None, :], mask=(r[:, None] < R) & (i[None, :] < N), other=0.0
+        )
+        acc = tl.dot(tl.trans(dz), p, acc, input_precision=PREC)
+    tl.store(
+        PART + (split.to(tl.int64) * N + o[:, None]) * N + i[None, :],
+        acc,
+        mask=(o[:, None] < N) & (i[None, :] < N),
+    )
+"""
+
+
 # -- loading ---------------------------------------------------------------------------------
 _MODULES: dict[int, tuple[TiedStep, ModuleType]] = {}
 
@@ -365,9 +406,6 @@ def module(step: TiedStep) -> ModuleType:
 
 
 def _load(step: TiedStep) -> ModuleType:
-    from unroll import __version__
-    from unroll.lowering import cache
-
     name = step.scheme.name or "scheme"
     body = source(step)
     digest = cache.key("tied", body, *cache.versions())
