@@ -264,6 +264,24 @@ def test_tied_reason_reads_the_coefficient_values():
     assert tied.tied_reason(scheme, x0, W, None, {"beta": 0.3, "b": b}) is None
 
 
+def test_a_state_no_layer_reads_is_not_carried():
+    """ADMM's x is only ever written: the kernels neither carry it (a tile of registers fewer)
+    nor store its trajectory, and its adjoint is no loop-carried literal 0, which the
+    interpreter ran and the compiler refused ("a0_0 ... re-assigned to int32 in loop"). The
+    values themselves: test_multi_state_mapping_x0_and_every_state_returned."""
+    from unroll.lowering.triton import tied_source
+
+    step = tied.lower(unroll.schemes["admm"])
+    assert step.states == ("x", "z", "u") and step.read == (False, True, True)
+    text = tied_source.source(step)
+    fwd = text[text.index("def tied_forward") : text.index("def tied_backward")]
+    bwd = text[text.index("def tied_backward") : text.index("def weight_grad")]
+    assert "TRAJ_0" not in fwd and "c0_0" not in fwd
+    assert "TRAJ_0" not in bwd and "na0_0" not in bwd
+    assert all(tied.lower(unroll.schemes[n], a).read == (True,) * len(tied.lower(unroll.schemes[n], a).states)
+               for n, a in SCHEMES.items() if n != "admm")  # fmt: skip
+
+
 def test_the_loop_never_renames_a_carried_value():
     """The generator avoids `xp = x; x = xn` (miscompiled on the GPU with Triton 3.6): each
     carried value's new value is an expression of its own, not another carried value."""

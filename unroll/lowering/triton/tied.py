@@ -85,6 +85,13 @@ class TiedStep:
     update: tuple[tuple[sp.Expr, ...], ...]
 
     @property
+    def read(self) -> tuple[bool, ...]:
+        """Per state: whether a layer reads it. One only ever written (ADMM's x) is neither
+        carried nor stored between layers: its value goes out at the last layer."""
+        used = self.point.free_symbols.union(*(e.free_symbols for row in self.update for e in row))
+        return tuple(any(c in used for c in row) for row in self.carried)
+
+    @property
     def point_state(self) -> int | None:
         """i when p is state i itself (then dW reads the stored states, no p buffer)."""
         for i, row in enumerate(self.carried):
@@ -435,12 +442,12 @@ def _backward_launch(plan: _Plan, trajs, gouts, dx0s, W, qs, chs, dz, pt, dq, dc
 
 
 def _forward_buffers(plan: _Plan, B: int, dtype: torch.dtype, device: Any, store: bool):
-    """The forward's outputs: the final states (B, n) and, per state, the trajectory
-    (depth, B, n) when ``store`` (else a placeholder the kernel never writes)."""
-    ns, n = len(plan.step.states), plan.n
-    outs = [torch.empty((B, n), dtype=dtype, device=device) for _ in range(ns)]
+    """The forward's outputs: the final states (B, n) and, per state a layer reads, the
+    trajectory (depth, B, n) when ``store`` (else a placeholder the kernel never writes)."""
+    n, read = plan.n, plan.step.read
+    outs = [torch.empty((B, n), dtype=dtype, device=device) for _ in read]
     rows = plan.depth if store else 1
-    trajs = [torch.empty((rows, B, n), dtype=dtype, device=device) for _ in range(ns)]
+    trajs = [torch.empty((rows, B, n), dtype=dtype, device=device) for r in read if r]
     return outs, trajs
 
 
@@ -453,8 +460,12 @@ def _backward_buffers(plan: _Plan, trajs, dtype: torch.dtype, device: Any):
     programs = _cdiv(B, plan.config.backward.block_m)
     dx0s = [torch.empty((B, n), dtype=dtype, device=device) for _ in step.states]
     dz = torch.empty((depth, B, n), dtype=dtype, device=device)
-    pi = step.point_state
-    pt = trajs[pi] if pi is not None else torch.empty((depth, B, n), dtype=dtype, device=device)
+    pi = step.point_state  # p is a state a layer reads: its trajectory is stored
+    pt = (
+        trajs[sum(step.read[:pi])]
+        if pi is not None
+        else torch.empty((depth, B, n), dtype=dtype, device=device)
+    )
     dq = torch.empty((programs, max(len(step.scalars), 1)), dtype=acc, device=device)
     dc = torch.empty((programs, max(len(step.channels), 1), n), dtype=acc, device=device)
     return dx0s, dz, pt, dq, dc
@@ -591,7 +602,8 @@ def kernel_reason(
 
 
 class _TiedNetwork(torch.autograd.Function):
-    """(plan, n_states, *x0s, W, *scalars, *channels) -> final states."""
+    """(plan, n_states, *x0s, W, *scalars, *channels) -> final states; saves the trajectories
+    of the states a layer reads."""
 
     @staticmethod
     def forward(ctx, plan, ns, *tensors):
@@ -607,11 +619,12 @@ class _TiedNetwork(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *gouts):
-        plan, ns = ctx.plan, ctx.ns
+        plan = ctx.plan
         saved = ctx.saved_tensors
-        trajs, W = saved[:ns], saved[ns]
+        nr = sum(plan.step.read)
+        trajs, W = saved[:nr], saved[nr]
         nq = len(plan.step.scalars)
-        qs, chs = saved[ns + 1 : ns + 1 + nq], saved[ns + 1 + nq :]
+        qs, chs = saved[nr + 1 : nr + 1 + nq], saved[nr + 1 + nq :]
         gouts = [g if g is not None else torch.zeros_like(trajs[0][0]) for g in gouts]
         dx0s, dW, dq, dc = _backward(plan, trajs, gouts, W, qs, chs)
         grads = [*dx0s, dW.to(W.dtype)]
@@ -654,6 +667,9 @@ def tied_network(
             raise UnrollError(
                 f"x0[{s!r}] has shape {tuple(starts[s].shape)}, expected {tuple(shape)}"
             )
+    if depth == 0:  # the kernels run at least one layer
+        final = {s: starts[s].clone() for s in step.states}
+        return final[single] if single else final
     x0s = [starts[s].reshape(-1, n) for s in step.states]
     qs, chs = _coefficients(step, n, W, params)
     plan = _Plan(step, depth, n, config or launch_config(n, W.dtype))
