@@ -381,15 +381,28 @@ def block_width(n: int) -> int:
     return max(16, 1 << (n - 1).bit_length())
 
 
+# Launch shapes on a GPU, (forward, backward) per BLOCK_N, for 16-bit storage: chosen by the
+# recorded sweep (docs/kernels.md, `unroll kernels --sweep`; `resources.choose`), each kernel
+# compiled for sm_90a at every (rows, warps, stages) it tries. 64 rows per program is the least
+# that Hopper's wgmma takes; narrower widths take the shapes of 64.
+SWEPT = {
+    64: (Tile(64, 4, 1), Tile(64, 8, 1)),
+    128: (Tile(64, 8, 1), Tile(64, 16, 2)),
+    256: (Tile(64, 8, 1), Tile(64, 8, 1)),
+}
+# float32 (FMA products unless TF32 is allowed) and float64 (mma.sync) run no wgmma: 32 rows
+# per program, set from a few compilations at their widest widths (not swept).
+NARROW = {"float32": (Tile(32, 8, 1), Tile(32, 8, 1)), "float64": (Tile(32, 4, 1), Tile(32, 4, 1))}
+
+
 def launch_config(n: int, dtype: torch.dtype) -> LaunchConfig:
-    """The launch shapes for width ``n`` in ``dtype`` on a GPU (small tiles under the
-    interpreter, where only correctness counts)."""
+    """The launch shapes for width ``n`` in ``dtype`` on a GPU (`SWEPT`, `NARROW`); small
+    tiles under the interpreter, where only correctness counts."""
     if _interpreting():
-        return LaunchConfig(Tile(16, 4), Tile(16, 4))
-    width = block_width(n)
-    block_m = 128 if width <= 64 else (64 if width <= 128 else 32)
-    tile = Tile(block_m, 4 if width <= 64 else 8)
-    return LaunchConfig(tile, tile)
+        return LaunchConfig(Tile(16, 4, 1), Tile(16, 4, 1))
+    name = _dtype_name(dtype)
+    forward, backward = NARROW[name] if name in NARROW else SWEPT[max(block_width(n), 64)]
+    return LaunchConfig(forward, backward)
 
 
 def _tl_types(dtype: torch.dtype) -> tuple[Any, str]:
