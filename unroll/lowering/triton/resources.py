@@ -342,13 +342,18 @@ def as_json(reports: Sequence[aot.Report]) -> str:
 
 
 def print_table(reports: Sequence[aot.Report], title: str = "") -> None:
-    """The reports as a rich table on the terminal."""
+    """The reports as a rich table on a terminal, as the markdown table elsewhere (a pipe, a
+    file: no column is cut to a terminal's width)."""
+    console = Console()
+    if not console.is_terminal:
+        print(f"{title}\n\n{markdown(reports)}" if title else markdown(reports))
+        return
     table = Table(title=title)
     for col in COLUMNS:
         table.add_column(col)
     for r in reports:
         table.add_row(*cells(r))
-    Console().print(table)
+    console.print(table)
 
 
 def emit_report(
