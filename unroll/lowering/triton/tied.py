@@ -43,8 +43,9 @@ from unroll.lowering.eager.run import Stepper, operators
 from unroll.lowering.eager.states import initial_states, primary_state
 from unroll.lowering.triton import aot, tied_source
 
-# The widest network whose W (n × n) the kernel keeps on chip, by dtype: W must fit in the
-# shared memory of one SM (228 KB on an H100) next to the tiles of the states.
+# The widest network whose W (n × n) the kernels keep on chip, by dtype: every width up to these
+# compiles for sm_90a within the 227 KB of shared memory a block may use there, at the launch
+# shapes of `launch_config` (docs/kernels.md, `unroll kernels --target sm_90a`).
 MAX_WIDTH = {"bfloat16": 256, "float16": 256, "float32": 128, "float64": 64}
 
 
@@ -307,8 +308,8 @@ def tied_reason(
         return f"W is on {W.device} but x0 is on {ref.device}"
     try:
         _coefficients(step, n, W, coefficients or {})
-    except UnrollError as e:
-        return str(e)
+    except (TypeError, ValueError) as e:  # UnrollError is a ValueError
+        return str(e).splitlines()[0]
     try:
         import triton  # noqa: F401
     except ImportError:
@@ -335,6 +336,8 @@ def _coefficients(
         t = v if isinstance(v, torch.Tensor) else torch.tensor(float(v), dtype=acc, device=W.device)
         if not t.is_floating_point():
             t = t.to(acc)
+        if t.device != W.device:
+            raise UnrollError(f"parameter {p} is on {t.device} but W is on {W.device}")
         if p in step.scalars:
             if t.numel() != 1:
                 raise UnrollError(
