@@ -548,10 +548,10 @@ def launches(
     batch: int = 8192,
     depth: int = 16,
 ) -> list[aot.Launch]:
-    """The tied network's three launches for training at width ``n`` in ``dtype`` (the
-    forward that stores the trajectory, the backward, dW), with stand-in tensors on the
-    ``meta`` device: what `unroll.lowering.triton.aot` compiles ahead of time. ``config``:
-    the launch shapes (default `launch_config`)."""
+    """The tied network's launches for training at width ``n`` in ``dtype`` (the forward that
+    stores the trajectory, the backward, dW) and `fused_layer`'s one, with stand-in tensors on
+    the ``meta`` device: what `unroll.lowering.triton.aot` compiles ahead of time. ``config``:
+    the tied launch shapes (default `launch_config`)."""
     step = lower(scheme, activation)
     plan = _Plan(step, depth, n, config or launch_config(n, dtype))
     meta = torch.device("meta")
@@ -565,11 +565,13 @@ def launches(
     fwd = _forward_launch(plan, x0s, outs, trajs, W, qs, chs, True)
     bwd = _backward_launch(plan, trajs, outs, dx0s, W, qs, chs, dz, pt, dq, dc)
     dw = _weight_grad_launch(plan, dz.view(-1, n), pt.view(-1, n), None)
+    hist = [x0s[i] for i, d in enumerate(step.depths) for _ in range(d)]
+    layer = _layer_launch_args(plan, hist, outs, W, qs, chs)  # fused_layer, untied W (n, n)
     shape = f"width {n}, {_dtype_name(dtype)}"
     name = scheme.name or "scheme"
     return [
         aot.Launch("tied", name, kernel.__name__, shape, kernel, args, kwargs)
-        for kernel, _, args, kwargs in (fwd, bwd, dw)
+        for kernel, _, args, kwargs in (fwd, bwd, dw, layer)
     ]
 
 
@@ -599,6 +601,8 @@ def kernel_reason(
     compile for ``target`` within its shared memory per block; else why not. Compiles (needs
     Triton's compiler, not a GPU; not under TRITON_INTERPRET=1)."""
     for launch in launches(scheme, n, dtype, activation=activation):
+        if launch.name == "layer_forward":  # fused_layer's, not the network's
+            continue
         try:
             kernel = aot.compiled(launch, target)
         except Exception as e:  # the compiler's own refusal
@@ -730,23 +734,30 @@ class _FusedLayer(torch.autograd.Function):
         return (None, None, *grads)
 
 
-def _layer_launch(plan: _Plan, hist, W, qs, chs):
-    import triton
-
+def _layer_launch_args(plan: _Plan, hist, outs, W, qs, chs):
+    """(kernel, grid, args, kwargs) of `fused_layer`'s one launch: ``hist`` (B, n_in) per
+    history slot, ``outs`` (B, n_out) per state, W (n_out, n_in)."""
     B = hist[0].shape[0]
     n_out, n_in = W.shape
     compute, prec = _tl_types(W.dtype)
-    outs = [torch.empty((B, n_out), dtype=W.dtype, device=W.device) for _ in plan.step.states]
     block_m = 16 if _interpreting() else 64
-    block_n = 16 if _interpreting() else min(128, max(16, triton.next_power_of_2(n_out)))
+    block_n = 16 if _interpreting() else min(128, block_width(n_out))
     block_k = 16 if _interpreting() else 32
-    grid = (triton.cdiv(B, block_m), triton.cdiv(n_out, block_n))
+    grid = (_cdiv(B, block_m), _cdiv(n_out, block_n))
     strides = [s for h in hist for s in h.stride()]
-    plan.kernels.layer_forward[grid](
-        *hist, *outs, W, *qs, *chs, B, n_out, n_in, *strides, *W.stride(),
+    args = (*hist, *outs, W, *qs, *chs, B, n_out, n_in, *strides, *W.stride())
+    kwargs = dict(
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, PREC=prec, COMPUTE=compute,
         num_warps=4,
     )  # fmt: skip
+    return plan.kernels.layer_forward, grid, args, kwargs
+
+
+def _layer_launch(plan: _Plan, hist, W, qs, chs):
+    B, n_out = hist[0].shape[0], W.shape[0]
+    outs = [torch.empty((B, n_out), dtype=W.dtype, device=W.device) for _ in plan.step.states]
+    kernel, grid, args, kwargs = _layer_launch_args(plan, hist, outs, W, qs, chs)
+    kernel[grid](*args, **kwargs)
     return outs
 
 
