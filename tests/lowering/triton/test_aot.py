@@ -103,3 +103,17 @@ def test_targets_name_their_limits():
     assert aot.TARGETS["sm_80"].shared_limit == 163 * 1024
     with pytest.raises(UnrollError, match="unknown target 'sm_70'"):
         resources.find_target("sm_70")
+
+
+def test_a_compiler_failure_is_reported_by_the_line_that_says_what_failed():
+    ptxas = """Internal Triton PTX codegen error
+`ptxas` stderr:
+ptxas info    : (C7511) Potential Performance Loss: wgmma.mma_async instructions are serialized
+ptxas fatal   : (C7600) Register allocation failed with register count of '128'.
+ptxas fatal   : Ptx assembly aborted due to errors
+
+Repro command: ptxas --gpu-name=sm_90a /tmp/tmp1234.ptx -o /tmp/tmp1234.ptx.o"""
+    assert aot._first_error(ptxas) == (
+        "ptxas fatal   : (C7600) Register allocation failed with register count of '128'."
+    )
+    assert aot._first_error("one line") == "one line"

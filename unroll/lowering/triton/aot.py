@@ -142,8 +142,7 @@ def compile_launch(launch: Launch, target: Target) -> Report:
     try:
         kernel = compiled(launch, target)
     except Exception as e:  # the compiler's own error, reported per kernel
-        lines = [line for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
-        return Report(**head, error=f"{type(e).__name__}: {lines[-1][:300]}")
+        return Report(**head, error=f"{type(e).__name__}: {_first_error(str(e))}")
     usage = resource_usage(kernel.asm["cubin"])
     ptx = kernel.asm["ptx"]
     return Report(
@@ -155,6 +154,15 @@ def compile_launch(launch: Launch, target: Target) -> Report:
         wgmma=len(re.findall(r"\bwgmma\.mma_async\b", ptx)),
         mma_sync=len(re.findall(r"\bmma\.sync\b", ptx)),
     )
+
+
+def _first_error(text: str) -> str:
+    """The line of a compiler message that says what failed (ptxas's 'fatal' line, say, not
+    its repro command with a temporary path), at most 300 characters."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()] or ["(no message)"]
+    found = [ln for ln in lines if re.search(r"\bfatal\b", ln, re.I)]
+    found += [ln for ln in lines if re.search(r"\berror\b", ln, re.I) and "Repro" not in ln]
+    return (found[0] if found else lines[-1])[:300]
 
 
 def _text(value: Any) -> str:
