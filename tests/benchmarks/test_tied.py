@@ -1,14 +1,15 @@
-"""The tied-network benchmark's plumbing (unroll.bench_tied) on the CPU: its eager network is the
-scheme's network, every mode's error against float64 is measured, and `unroll bench --tied`
+"""The tied-network benchmark's plumbing (benchmarks/tied.py) on the CPU: its eager network is the
+scheme's network, every mode's error against float64 is measured, and `python -m benchmarks.tied`
 refuses without a GPU. No time is checked: interpreter times say nothing about a GPU."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
-from click.testing import CliRunner
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -17,8 +18,8 @@ pytest.importorskip("triton")
 
 import unroll  # noqa: E402
 from benchmarks import tied as bench_tied  # noqa: E402
+from tests import ROOT  # noqa: E402
 from unroll.api import layer_form  # noqa: E402
-from unroll.cli import cli  # noqa: E402
 
 
 @pytest.mark.parametrize(("name", "coeff"), [("hb_net", "β"), ("agd_net", "β"), ("admm", "η")])
@@ -53,10 +54,15 @@ def test_run_on_the_interpreter_reports_every_mode_and_its_error():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the no-GPU refusal")
-def test_cli_refuses_without_gpu():
-    result = CliRunner().invoke(cli, ["bench", "--tied", "--dtype", "bfloat16"])
-    assert result.exit_code == 2
-    assert "needs a CUDA device" in result.output
+def test_cli_refuses_without_gpu(capsys):
+    """`python -m benchmarks.tied` (what .ci/gpu-check runs): one line and exit 2 without CUDA."""
+    assert bench_tied.cli(["--dtype", "bfloat16"]) == 2
+    assert "needs a CUDA device" in capsys.readouterr().err
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.tied", "--dtype", "bfloat16"], cwd=ROOT,
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 2 and "needs a CUDA device" in done.stderr, done.stderr
 
 
 def test_bfloat16_network_runs_end_to_end_in_the_eager_modes():
@@ -74,7 +80,7 @@ def test_bfloat16_network_runs_end_to_end_in_the_eager_modes():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU path of the benchmark")
 def test_main_writes_the_tables_as_markdown(tmp_path):
-    """`unroll bench --tied -o FILE` (what .ci/gpu-check runs) writes the report there."""
+    """`python -m benchmarks.tied -o FILE` (what .ci/gpu-check runs) writes the report there."""
     path = tmp_path / "tied.md"
     rows = bench_tied.main(
         ["hb_net"], "float32", cases=[(24, 16, 2)], modes=("eager",), backward=False, output=path
@@ -84,3 +90,25 @@ def test_main_writes_the_tables_as_markdown(tmp_path):
     table = [line for line in text.splitlines() if line.startswith("| 24×16×2 |")]
     assert len(table) == len(rows) == 1
     assert f"| {rows[0].ms:.3f} |" in table[0]
+
+
+def test_gpu_check_fits_one_device_run_gpu_tests_first():
+    """.ci/gpu-check: its steps' limits add up to at most 8 minutes (one device call of at most
+    10 keeps its logs), the GPU tests run first, the benchmarks then, as modules (`python -m
+    benchmarks.tied` with options its parser takes)."""
+    import re
+    import shlex
+
+    lines = [
+        line for line in (ROOT / ".ci" / "gpu-check").read_text().splitlines()
+        if re.match(r"timeout \d+ ", line)
+    ]  # fmt: skip
+    limits = [int(line.split()[1]) for line in lines]
+    assert sum(limits) <= 8 * 60, limits
+    steps = [line.split()[2:5] for line in lines]
+    assert steps[1] == ["$py", "-m", "pytest"] and "-m gpu" in lines[1]
+    assert [s[2] for s in steps[2:4]] == ["benchmarks.blocks", "benchmarks.tied"]
+    assert "not gpu" in lines[4]
+    args = shlex.split(lines[3].split("benchmarks.tied", 1)[1].split("2>&1")[0])
+    parsed = bench_tied.parser().parse_args(args)  # an unknown option exits here
+    assert (parsed.dtype, parsed.output, parsed.schemes) == ("bfloat16", "$OUT/tied.md", ["hb_net"])

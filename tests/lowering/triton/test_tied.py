@@ -216,7 +216,7 @@ def test_coefficient_gradients_are_deterministic():
 )
 def test_unsupported_schemes_say_why(name, says):
     _, x0, W, _, _ = _case("hb_net", None, batch=8, n=16)
-    reason = tied.fallback_reason(unroll.schemes[name], x0, W)
+    reason = tied.tied_reason(unroll.schemes[name], x0, W)
     assert reason is not None and says in reason
     with pytest.raises(UnrollError, match=says):
         tied.tied_network(unroll.schemes[name], x0, W, 2)
@@ -225,14 +225,61 @@ def test_unsupported_schemes_say_why(name, says):
 def test_unsupported_tensors_say_why():
     scheme = unroll.schemes["hb_net"]
     x = torch.zeros(4, 300)
-    assert "exceeds 128" in tied.fallback_reason(scheme, x, torch.zeros(300, 300))
-    assert "square" in tied.fallback_reason(scheme, x[:, :16], torch.zeros(16, 8))
-    assert "W is torch.float64" in tied.fallback_reason(
+    assert "exceeds 128" in tied.tied_reason(scheme, x, torch.zeros(300, 300))
+    assert "square" in tied.tied_reason(scheme, x[:, :16], torch.zeros(16, 8))
+    assert "W is torch.float64" in tied.tied_reason(
         scheme, x[:, :16], torch.zeros(16, 16, dtype=torch.float64)
     )
-    assert tied.fallback_reason(scheme, x[:, :16].to(DEV), torch.zeros(16, 16, device=DEV)) is None
+    assert tied.tied_reason(scheme, x[:, :16].to(DEV), torch.zeros(16, 16, device=DEV)) is None
     with pytest.raises(UnrollError, match="unknown parameter 'gamma'"):
         tied.tied_network(scheme, x[:, :16].to(DEV), torch.zeros(16, 16, device=DEV), 2, gamma=1)
+
+
+def test_one_product_read_by_two_equations_is_one_call():
+    """The step IR calls W(x_k) once however many equations read it: the tied lowering used to
+    walk the equations itself and refused this layer ("applies W more than once")."""
+    scheme = unroll.compile("v_<k+1> = W(x_k) + b - x_k\nx_<k+1> = φ(W(x_k) + b)")
+    g = torch.Generator().manual_seed(11)
+    x0 = torch.randn(9, 16, generator=g, dtype=torch.float64).to(DEV)
+    W = (torch.randn(16, 16, generator=g, dtype=torch.float64) / 5).to(DEV)
+    out = tied.tied_network(scheme, {"x": x0}, W, 3, activation="tanh", b=0.2)
+    x = x0
+    for _ in range(3):  # the layer written here in plain torch
+        x, v = torch.tanh(x @ W.T + 0.2), x @ W.T + 0.2 - x
+    torch.testing.assert_close(out["x"], x, **F64)
+    torch.testing.assert_close(out["v"], v, **F64)
+
+
+def test_tied_reason_reads_the_coefficient_values():
+    """What a network passes (its coefficient tensors) is checked before any launch."""
+    scheme = unroll.schemes["hb_net"]
+    x0, W = torch.zeros(8, 16, device=DEV), torch.zeros(16, 16, device=DEV)
+    b = torch.zeros(16, device=DEV)
+    wide_beta = {"β": torch.zeros(16, device=DEV), "b": b}
+    assert "β holds 16 values" in tied.tied_reason(scheme, x0, W, None, wide_beta)
+    assert "per channel: shape (16,), got (3,)" in tied.tied_reason(
+        scheme, x0, W, None, {"b": torch.zeros(3, device=DEV)}
+    )
+    assert "unknown parameter 'gamma'" in tied.tied_reason(scheme, x0, W, None, {"gamma": 1.0})
+    assert tied.tied_reason(scheme, x0, W, None, {"beta": 0.3, "b": b}) is None
+
+
+def test_a_state_no_layer_reads_is_not_carried():
+    """ADMM's x is only ever written: the kernels neither carry it (a tile of registers fewer)
+    nor store its trajectory, and its adjoint is no loop-carried literal 0, which the
+    interpreter ran and the compiler refused ("a0_0 ... re-assigned to int32 in loop"). The
+    values themselves: test_multi_state_mapping_x0_and_every_state_returned."""
+    from unroll.lowering.triton import tied_source
+
+    step = tied.lower(unroll.schemes["admm"])
+    assert step.states == ("x", "z", "u") and step.read == (False, True, True)
+    text = tied_source.source(step)
+    fwd = text[text.index("def tied_forward") : text.index("def tied_backward")]
+    bwd = text[text.index("def tied_backward") : text.index("def weight_grad")]
+    assert "TRAJ_0" not in fwd and "c0_0" not in fwd
+    assert "TRAJ_0" not in bwd and "na0_0" not in bwd
+    assert all(tied.lower(unroll.schemes[n], a).read == (True,) * len(tied.lower(unroll.schemes[n], a).states)
+               for n, a in SCHEMES.items() if n != "admm")  # fmt: skip
 
 
 def test_the_loop_never_renames_a_carried_value():

@@ -707,6 +707,7 @@ class Network(nn.Module):
             )
         _initialise(self.blocks, opts.init, self.ir)
         self.stem, self.head = _stem(opts), _head(opts)
+        self._linear = next((c.op for c in self.ir.calls if c.kind == "linear"), None)
 
     def survival(self, n: int) -> float:
         """p_n of block n (0-based): 1 − ((n + 1)/L)(1 − p_L), so the last block has p_L."""
@@ -780,11 +781,43 @@ class Network(nn.Module):
 
     def _tied_kernel(self, x0: Any, trace: bool) -> Any:
         """The whole network in one Triton kernel when it can run (else None, with
-        `fallback_reason` saying why)."""
-        if trace:
-            self.fallback_reason = "return_states/return_objective need every layer's state"
+        `fallback_reason` saying why, decided before anything is launched)."""
+        reason = self._tied_reason(x0, trace)
+        if reason is None:
+            block = self.blocks[0]
+            W = block.operators[self._linear].weight
+            coefficients = block.coefficients.values()
+            act = self.options.activation
+            reason = triton_tied.tied_reason(self.scheme, x0, W, act, coefficients)
+        self.fallback_reason = reason
+        if reason is not None:
             return None
-        return triton_tied.network_forward(self, x0, trace=False)
+        return triton_tied.tied_network(
+            self.scheme, x0, W, self.depth, activation=act, **coefficients
+        )
+
+    def _tied_reason(self, x0: Any, trace: bool) -> str | None:
+        """Why this network does not run as one tied kernel, for reasons of its own (the
+        kernel's are `unroll.lowering.triton.tied.tied_reason`'s); None when those allow it."""
+        opts = self.options
+        if not opts.tied:
+            return "the layers do not share their weights (tied=False)"
+        if opts.backend == "torch":
+            return "backend='torch' was asked for"
+        ref = next(iter(x0.values())) if isinstance(x0, Mapping) else x0
+        if isinstance(ref, torch.Tensor) and ref.device.type == "cpu" and opts.backend != "triton":
+            return "the tensors are on the CPU (the interpreter runs the kernel only for backend='triton')"
+        if trace:
+            return "return_states/return_objective need every layer's state"
+        if opts.dim is None:
+            return "W is not a dense matrix (pass dim=; convolutional W runs per layer)"
+        if opts.survival is not None:
+            return "stochastic depth (survival=) scales branches per layer"
+        if self._linear is None:
+            return f"{self.ir.label!r} has no product W(...): nothing for the kernel to multiply"
+        if opts.activation is not None and not isinstance(opts.activation, str):
+            return "the activation is a callable; the kernel needs a registered activation by name"
+        return None
 
     def _objective(self, stacked: Mapping[str, torch.Tensor]) -> torch.Tensor:
         if not _objective_backed(self.scheme):

@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING
 
 import sympy as sp
 
+from unroll import __version__
+from unroll.lowering import cache
 from unroll.lowering.triton.printer import TritonPrinter, helper_source, prepare
 
 if TYPE_CHECKING:
@@ -46,10 +48,17 @@ def _assignments(
     targets: Sequence[tuple[str, sp.Expr]],
     prefix: str,
     late: Sequence[sp.Symbol] = (),
+    tiles: frozenset[sp.Symbol] | None = None,
 ) -> tuple[list[str], list[str]]:
     """Lines computing ``targets`` (numeric rewrites, then `sympy.cse`), split into those that
     can run before any symbol of ``late`` exists and those that need one (e.g. dL/dp after the
-    second dot)."""
+    second dot). With ``tiles`` (the symbols holding (BLOCK_M, BLOCK_N) tiles), a target free
+    of them (a constant, a scalar or per-channel value) is broadcast to a full tile: a
+    loop-carried value must keep its type, which the compiler checks and the interpreter
+    does not."""
+    if tiles is not None:
+        full = sp.Symbol("TILE_ZEROS")
+        targets = [(n, e if e.free_symbols & tiles else e + full) for n, e in targets]
     temps, reduced = sp.cse([prepare(e) for _, e in targets], symbols=sp.numbered_symbols(prefix))
     late_set = set(late)
     early: list[str] = []
@@ -60,7 +69,10 @@ def _assignments(
             late_set.add(sym)
     for (name, _), expr in zip(targets, reduced, strict=True):
         (after if expr.free_symbols & late_set else early).append(f"{name} = {pr.doprint(expr)}")
-    return early, after
+    zeros = "tl.zeros((BLOCK_M, BLOCK_N), COMPUTE)"
+    return [line.replace("TILE_ZEROS", zeros) for line in early], [
+        line.replace("TILE_ZEROS", zeros) for line in after
+    ]
 
 
 def _indent(lines: Sequence[str], n: int) -> str:
@@ -71,9 +83,9 @@ def _indent(lines: Sequence[str], n: int) -> str:
 # -- the kernels -----------------------------------------------------------------------------
 def source(step: TiedStep) -> str:
     """The Triton module body (text) for ``step``: the printer's helpers, ``tied_forward``,
-    ``tied_backward`` and ``layer_forward``."""
+    ``tied_backward``, ``weight_grad`` and ``layer_forward``."""
     pr = _printer()
-    kernels = _forward(pr, step) + "\n\n" + _backward(pr, step) + "\n\n" + _layer(pr, step)
+    kernels = "\n\n".join([_forward(pr, step), _backward(pr, step), WEIGHT_GRAD, _layer(pr, step)])
     helpers = helper_source(pr.helpers_used)
     return (helpers + "\n\n" if helpers else "") + kernels
 
@@ -110,17 +122,19 @@ _CONSTEXPRS = """\
 
 def _forward(pr: TritonPrinter, step: TiedStep) -> str:
     ns = range(len(step.states))
+    read = [i for i in ns if step.read[i]]
     params, loads = _param_args(step)
     sig = [f"X0_{i},  # (B, n) initial value of state {s}" for i, s in enumerate(step.states)]
     sig += [
         f"OUT_{i},  # (B, n) out: state {s} after `depth` layers" for i, s in enumerate(step.states)
     ]
     sig += [
-        f"TRAJ_{i},  # (depth, B, n) out when STORE: the input of every layer, {s}_0..{s}_(depth-1)"
-        for i, s in enumerate(step.states)
+        f"TRAJ_{i},  # (depth, B, n) out when STORE: the input of every layer, "
+        f"{step.states[i]}_0..{step.states[i]}_(depth-1)"
+        for i in read
     ]
     sig += ["W,  # (n, n) the weight every layer shares, (out, in): z = p @ W^T", *params]
-    sig += ["M, N, depth,  # rows B, width n, layers"]
+    sig += ["M, N, depth,  # rows B, width n, layers (at least 1)"]
     sig += [f"sx{i}m, sx{i}n,  # strides of X0_{i}" for i in ns]
     sig += ["swo, swi,  # strides of W"]
 
@@ -130,7 +144,7 @@ def _forward(pr: TritonPrinter, step: TiedStep) -> str:
         *loads,
         "# carried values: c{i}_0 = state i, c{i}_j = its j-th backward difference",
     ]
-    for i in ns:
+    for i in read:
         body.append(
             f"c{i}_0 = tl.load(X0_{i} + rows[:, None] * sx{i}m + cols[None, :] * sx{i}n, "
             "mask=mask, other=0.0).to(COMPUTE)"
@@ -138,24 +152,37 @@ def _forward(pr: TritonPrinter, step: TiedStep) -> str:
         for j in range(1, step.depths[i]):
             body.append(f"c{i}_{j} = tl.zeros((BLOCK_M, BLOCK_N), COMPUTE)")
     point, _ = _assignments(pr, [("p", step.point)], "fp")
-    new = [(f"n{i}_{j}", e) for i, row in enumerate(step.update) for j, e in enumerate(row)]
-    update, _ = _assignments(pr, new, "fu")
-    carried = [f"c{i}_{j}" for i, row in enumerate(step.update) for j in range(len(row))]
+    new = [(f"n{i}_{j}", e) for i in ns for j, e in enumerate(step.update[i]) if step.read[i]]
+    new += [(f"n{i}_0", step.update[i][0]) for i in ns if not step.read[i]]
+    tiles = frozenset({step.z, *(c for row in step.carried for c in row)})
+    update, _ = _assignments(pr, new, "fu", tiles=tiles)
+    carried = [f"c{i}_{j}" for i in read for j in range(len(step.update[i]))]
     loop = [
         "if STORE:",
         *[
             f"    tl.store(TRAJ_{i} + k * layer + off, c{i}_0.to(TRAJ_{i}.dtype.element_ty), mask=mask)"
-            for i in ns
+            for i in read
         ],
         *point,
         "p = tl.where(mask, p, 0.0)  # padded lanes must not reach the product",
         "z = tl.dot(p.to(wt.dtype), wt, input_precision=PREC)",
         *update,
-        # Every carried value gets a freshly computed one: no plain rename of a loop-carried value
-        # (the pattern `xp = x; x = xn` miscompiled on the GPU with Triton 3.6).
-        f"{', '.join(carried)} = {', '.join('n' + c[1:] for c in carried)}",
     ]
-    tail = [f"tl.store(OUT_{i} + off, c{i}_0.to(OUT_{i}.dtype.element_ty), mask=mask)" for i in ns]
+    # A state no layer reads (ADMM's x) is not carried: its value goes out at the last layer.
+    unread = [i for i in ns if not step.read[i]]
+    if unread:
+        loop.append("if k == depth - 1:")
+        loop += [
+            f"    tl.store(OUT_{i} + off, n{i}_0.to(OUT_{i}.dtype.element_ty), mask=mask)"
+            for i in unread
+        ]
+    if carried:
+        # Every carried value gets a freshly computed one: no plain rename of a loop-carried
+        # value (the pattern `xp = x; x = xn` miscompiled on the GPU with Triton 3.6).
+        loop.append(f"{', '.join(carried)} = {', '.join('n' + c[1:] for c in carried)}")
+    tail = [
+        f"tl.store(OUT_{i} + off, c{i}_0.to(OUT_{i}.dtype.element_ty), mask=mask)" for i in read
+    ]
     return (
         "@triton.jit\ndef tied_forward(\n"
         + _indent(sig, 4)
@@ -171,10 +198,11 @@ def _forward(pr: TritonPrinter, step: TiedStep) -> str:
 
 def _backward(pr: TritonPrinter, step: TiedStep) -> str:
     ns = range(len(step.states))
+    read = [i for i in ns if step.read[i]]
     params, loads = _param_args(step)
     sig = [
-        f"TRAJ_{i},  # (depth, B, n) layer inputs of state {s}, from the forward"
-        for i, s in enumerate(step.states)
+        f"TRAJ_{i},  # (depth, B, n) layer inputs of state {step.states[i]}, from the forward"
+        for i in read
     ]
     sig += [f"GOUT_{i},  # (B, n) dL/d(final {s})" for i, s in enumerate(step.states)]
     sig += [f"DX0_{i},  # (B, n) out: dL/d(initial {s})" for i, s in enumerate(step.states)]
@@ -184,7 +212,7 @@ def _backward(pr: TritonPrinter, step: TiedStep) -> str:
         "PT,  # (depth, B, n) out when STORE_P: the point p_k (for dW)",
         "DQ,  # (programs, scalars) out: this program's share of dL/d(scalar parameters)",
         "DC,  # (programs, channels, n) out: its share of dL/d(per-channel parameters)",
-        "M, N, depth,  # rows B, width n, layers",
+        "M, N, depth,  # rows B, width n, layers (at least 1)",
     ]
     sig += [f"sg{i}m, sg{i}n,  # strides of GOUT_{i}" for i in ns]
     sig += ["swo, swi,  # strides of W"]
@@ -192,16 +220,21 @@ def _backward(pr: TritonPrinter, step: TiedStep) -> str:
     adj = step.adjoint()
     in_history = step.in_history()
     body = [
+        "# W once: the product z = p W^T reads it through a transposed view (tl.trans inside",
+        "# the dot shares w's shared-memory copy; a separate wt would be a second n x n copy)",
         "w = tl.load(W + cols[:, None] * swo + cols[None, :] * swi, mask=wmask, other=0.0)",
-        "wt = tl.trans(w)",
         *loads,
         "# a{i}_j: dL/d(carried value c{i}_j) at the input of the layer being processed",
     ]
-    for i in ns:
-        body.append(
+
+    def gout(i: int) -> str:
+        return (
             f"a{i}_0 = tl.load(GOUT_{i} + rows[:, None] * sg{i}m + cols[None, :] * sg{i}n, "
             "mask=mask, other=0.0).to(COMPUTE)"
         )
+
+    for i in read:
+        body.append(gout(i))
         for j in range(1, step.depths[i]):
             body.append(f"a{i}_{j} = tl.zeros((BLOCK_M, BLOCK_N), COMPUTE)")
     for m in range(len(step.scalars)):
@@ -210,7 +243,12 @@ def _backward(pr: TritonPrinter, step: TiedStep) -> str:
         body.append(f"gc{m} = tl.zeros((BLOCK_N,), COMPUTE)")
 
     loop = ["k = depth - 1 - kk"]
+    # A state no layer reads has an adjoint only at the last layer: dL/d(its final value).
     for i in ns:
+        if not step.read[i]:
+            loop += [f"a{i}_0 = tl.zeros((BLOCK_M, BLOCK_N), COMPUTE)", "if kk == 0:"]
+            loop.append("    " + gout(i))
+    for i in read:
         d = step.depths[i]
         for j in range(d):
             at = "k" if j == 0 else f"tl.maximum(k - {j}, 0)"  # states before x_0 equal x_0
@@ -223,13 +261,21 @@ def _backward(pr: TritonPrinter, step: TiedStep) -> str:
     loop += point
     loop += [
         "p = tl.where(mask, p, 0.0)",
-        "z = tl.dot(p.to(w.dtype), wt, input_precision=PREC)",
+        "z = tl.dot(p.to(w.dtype), tl.trans(w), input_precision=PREC)",
     ]
     targets = [("dz", adj.dz)]
-    targets += [(f"na{i}_{j}", e) for i, row in enumerate(adj.carried) for j, e in enumerate(row)]
+    targets += [(f"na{i}_{j}", e) for i in read for j, e in enumerate(adj.carried[i])]
     targets += [(f"dq{m}", e) for m, e in enumerate(adj.scalars)]
     targets += [(f"dc{m}", e) for m, e in enumerate(adj.channels)]
-    early, late = _assignments(pr, targets, "bt", late=[adj.dp])
+    tiles = frozenset(
+        {
+            step.z,
+            adj.dp,
+            *(c for row in step.carried for c in row),
+            *(a for row in adj.adjoints for a in row),
+        }
+    )
+    early, late = _assignments(pr, targets, "bt", late=[adj.dp], tiles=tiles)
     loop += early
     loop += [
         "dz = tl.where(mask, dz, 0.0)",
@@ -245,11 +291,15 @@ def _backward(pr: TritonPrinter, step: TiedStep) -> str:
     loop += [
         f"gc{m} += tl.sum(tl.where(mask, dc{m}, 0.0), axis=0)" for m in range(len(step.channels))
     ]
-    carried = [f"a{i}_{j}" for i, row in enumerate(adj.carried) for j in range(len(row))]
+    carried = [f"a{i}_{j}" for i in read for j in range(len(adj.carried[i]))]
     loop.append(f"{', '.join(carried)} = {', '.join('n' + a for a in carried)}")
     tail = [
-        # x_0 enters only c{i}_0 (its differences start at 0), so dL/dx_0 = a{i}_0.
+        # x_0 enters only c{i}_0 (its differences start at 0), so dL/dx_0 = a{i}_0; the initial
+        # value of a state no layer reads does not reach the output (depth >= 1).
         f"tl.store(DX0_{i} + off, a{i}_0.to(DX0_{i}.dtype.element_ty), mask=mask)"
+        if step.read[i]
+        else f"tl.store(DX0_{i} + off, tl.zeros((BLOCK_M, BLOCK_N), DX0_{i}.dtype.element_ty), "
+        "mask=mask)"
         for i in ns
     ]
     nq, nc = len(step.scalars), len(step.channels)
@@ -347,6 +397,45 @@ def _layer(pr: TritonPrinter, step: TiedStep) -> str:
     )
 
 
+# dW = Σ_k dZ_kᵀ P_k over all depth·B rows: the same for every scheme. Each program owns one
+# (BLOCK_O, BLOCK_I) tile of dW and one contiguous chunk of rows, sums its chunk in a fixed order
+# and writes its partial tile; the launcher sums the partials in a fixed order. No atomics: the
+# same bits on every run.
+WEIGHT_GRAD = """\
+@triton.jit
+def weight_grad(
+    DZ,  # (R, n) dL/dz rows, R = depth·B
+    P,  # (R, n) the matching points p
+    PART,  # (splits, n, n) out: each chunk's share of dW = DZ^T P
+    R, N,  # rows, width
+    ROWS_PER_SPLIT,  # rows per chunk, a multiple of BLOCK_R
+    BLOCK_O: tl.constexpr,  # rows of dW per program
+    BLOCK_I: tl.constexpr,  # columns of dW per program
+    BLOCK_R: tl.constexpr,  # rows of DZ and P per step of the reduction
+    PREC: tl.constexpr,  # tl.dot input precision
+    COMPUTE: tl.constexpr,  # the accumulation dtype
+):
+    o = tl.program_id(0) * BLOCK_O + tl.arange(0, BLOCK_O)
+    i = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
+    split = tl.program_id(2)
+    acc = tl.zeros((BLOCK_O, BLOCK_I), COMPUTE)
+    for r0 in range(0, ROWS_PER_SPLIT, BLOCK_R):
+        r = split.to(tl.int64) * ROWS_PER_SPLIT + r0 + tl.arange(0, BLOCK_R)  # 64-bit rows
+        dz = tl.load(
+            DZ + r[:, None] * N + o[None, :], mask=(r[:, None] < R) & (o[None, :] < N), other=0.0
+        )
+        p = tl.load(
+            P + r[:, None] * N + i[None, :], mask=(r[:, None] < R) & (i[None, :] < N), other=0.0
+        )
+        acc = tl.dot(tl.trans(dz), p, acc, input_precision=PREC)
+    tl.store(
+        PART + (split.to(tl.int64) * N + o[:, None]) * N + i[None, :],
+        acc,
+        mask=(o[:, None] < N) & (i[None, :] < N),
+    )
+"""
+
+
 # -- loading ---------------------------------------------------------------------------------
 _MODULES: dict[int, tuple[TiedStep, ModuleType]] = {}
 
@@ -365,9 +454,6 @@ def module(step: TiedStep) -> ModuleType:
 
 
 def _load(step: TiedStep) -> ModuleType:
-    from unroll import __version__
-    from unroll.lowering import cache
-
     name = step.scheme.name or "scheme"
     body = source(step)
     digest = cache.key("tied", body, *cache.versions())
