@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from unroll.lowering.triton import resources
+
 
 @click.command("kernels")
 @click.option(
@@ -44,7 +46,6 @@ def command(
     """Compile unroll's Triton kernels ahead of time for TARGET on this machine (a GPU is not
     needed): every bundled scheme's block kernels and the tied network's kernels at each
     supported width and dtype, each at the launch shape it gets on a GPU."""
-    from unroll.lowering.triton import resources
 
     tgt = resources.find_target(target)
     if sweep:
