@@ -169,6 +169,27 @@ def test_revnet_gradients_equal_standard_autograd():
         assert _relative(a, b) <= GRAD_RTOL
 
 
+# -- memory ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["momentum", "leapfrog"])
+def test_activation_memory_does_not_depend_on_depth(name):
+    def measure(depth: int, reversible: bool) -> int:
+        setup = Setup(name, depth, "dense", tied=True)
+        params = [p for b in setup.branches for p in b.parameters()]
+        bytes_, _ = saved_bytes(lambda: setup.run(reversible), exclude=params)
+        return bytes_
+
+    state = 4 * 6 * 8  # one (4, 6) float64 state
+    rev = {d: measure(d, True) for d in (16, 32, 64)}
+    std = {d: measure(d, False) for d in (16, 32, 64)}
+    # Reversible: the final history (2 states) and, for leapfrog, the start-up layer's input x0,
+    # plus γ's sigmoid (one 0-d float64): the same at every depth.
+    assert rev[16] == rev[32] == rev[64]
+    assert rev[64] <= 3 * state + 8
+    # Standard: linear in the depth, every layer saving the same activations.
+    assert std[64] - std[16] == 3 * (std[32] - std[16]) > 0
+    assert std[64] > 10 * rev[64]
+
+
 # -- never a silently wrong gradient ---------------------------------------------------------
 def _lm_resnet(depth: int, kappa: float, dtype=F64):
     branch = _branch("dense", 0).to(dtype)
@@ -285,3 +306,49 @@ def test_layout_reverses_each_state():
     before = layout.inverse(oldest)(0, (b, a))  # after the step: [u_1, u_0]
     assert seen["u"][0] is a and seen["u"][1] is b  # the inverse reads [u_0, u_1]
     assert before[0] is a and float(before[1]) == 2.0  # before: [u_0, u_-1]
+
+
+# -- against momentumnet ---------------------------------------------------------------------
+@pytest.mark.parametrize("depth", [16, 64])
+@pytest.mark.parametrize("tied", [True, False])
+def test_against_momentumnet(depth, tied):
+    from momentumnet import MomentumNet
+
+    gamma = 0.9
+    count = 1 if tied else depth
+    modules = [_branch("dense", seed) for seed in range(count)]
+    functions = modules * depth if tied else modules
+    params = [p for m in modules for p in m.parameters()]
+    x0 = _input("dense").requires_grad_(True)
+    leaves = [x0, *params]
+
+    steps = scheme_steps(
+        MOMENTUM, lambda n: ({"f": lambda t, x, m=functions[n]: m(x)}, {"γ": gamma})
+    )
+    h0 = steps.layout.start({"x": x0, "v": torch.zeros_like(x0)})
+    x_index = [name for name, _ in steps.layout.slots].index("x")
+
+    exact_net = MomentumNet(functions, gamma=gamma, use_backprop=True)  # plain float64 autograd
+    theirs_net = MomentumNet(functions, gamma=gamma, use_backprop=False)
+
+    exact = exact_net(x0)
+    ours_bytes, ours = saved_bytes(lambda: steps.unroll(h0, depth, params), exclude=params)
+    theirs_bytes, theirs = saved_bytes(lambda: theirs_net(x0), exclude=params)
+    ours_x = ours[x_index]
+
+    # Outputs: momentumnet hands back its exactly-stored velocity as float32 (intrep.float()),
+    # so it is off the float64 result by its own rounding; ours must be as close to it as
+    # momentumnet is to the exact result, and itself exact to float64 rounding.
+    with torch.no_grad():
+        their_error = float((theirs - exact).abs().max())
+        assert float((ours_x - theirs).abs().max()) <= 2 * their_error + 1e-12
+        assert float((ours_x - exact).abs().max()) <= 1e-12 * float(exact.abs().max())
+
+    w = torch.randn(exact.shape, generator=torch.Generator().manual_seed(5), dtype=F64)
+    want = torch.autograd.grad((exact * w).sum(), leaves)
+    got = torch.autograd.grad((ours_x * w).sum(), leaves)
+    their = torch.autograd.grad((theirs * w).sum(), leaves)
+    for a, b, c in zip(got, their, want, strict=True):
+        assert _relative(a, c) <= _relative(b, c)  # at least as accurate as momentumnet
+        assert _relative(a, c) <= GRAD_RTOL
+    assert ours_bytes <= theirs_bytes
