@@ -57,13 +57,13 @@ def _branch(kind: str, seed: int) -> nn.Module:
     if kind == "dense":
         return nn.Sequential(nn.Linear(6, 12), nn.Tanh(), nn.Linear(12, 6)).to(F64)
     return nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1), nn.Tanh(), nn.Conv2d(4, 3, 3, padding=1)
+        nn.Conv2d(2, 3, 3, padding=1), nn.Tanh(), nn.Conv2d(3, 2, 3, padding=1)
     ).to(F64)
 
 
 def _input(kind: str) -> torch.Tensor:
     g = torch.Generator().manual_seed(7)
-    shape = (4, 6) if kind == "dense" else (2, 3, 5, 5)
+    shape = (4, 6) if kind == "dense" else (2, 2, 4, 4)
     return torch.randn(shape, generator=g, dtype=F64)
 
 
