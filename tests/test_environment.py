@@ -11,7 +11,7 @@ import importlib
 import pytest
 import torch
 
-DECLARED = ["nodepy", "triton", "hypothesis", "sklearn", "torchdiffeq"]
+DECLARED = ["nodepy", "momentumnet", "triton", "hypothesis", "sklearn", "torchdiffeq"]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU image carries its own packages")
