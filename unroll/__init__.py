@@ -24,6 +24,8 @@ _LAZY = {
     "load": "unroll.api",
     "schemes": "unroll.api",
     "layer_form": "unroll.api",
+    "inverse": "unroll.api",
+    "inverse_stability": "unroll.analysis.inverse",
     "Parameter": "unroll.frontend.scheme",
     "State": "unroll.frontend.scheme",
     "objective": "unroll.analysis.objectives",

@@ -20,6 +20,7 @@ from unroll.analysis.objectives import objective as _objective
 from unroll.errors import UnrollError
 from unroll.frontend import library
 from unroll.frontend import scheme as _passive
+from unroll.ir.inverse import inverse as _inverse
 from unroll.ir.layer_form import layer_form as _layer_form
 from unroll.lowering.eager.run import run as _run
 from unroll.lowering.nn.modules import Block, Network
@@ -96,6 +97,16 @@ class Scheme(_passive.Scheme):
         """The worst-case linear rate over λ ∈ [μ, L] of an optimizer scheme."""
         return analysis.rate(self, mu, L, **params)
 
+    def inverse(self, **params: Any) -> Scheme:
+        """The step solved for its oldest states: the scheme that runs this one backwards
+        (`unroll.ir.inverse.inverse`); an `UnrollError` says why when there is none."""
+        return wrap(_inverse(self, **params))
+
+    def inverse_stability(self, depth: int, **params: Any) -> Any:
+        """Error growth per layer of the inverse step and its amplification over ``depth``
+        layers (`unroll.analysis.inverse.inverse_stability`)."""
+        return analysis.inverse_stability(self, depth, **params)
+
     def tune(self, mu: float, L: float) -> dict:
         """Parameters minimising `rate` over λ ∈ [μ, L]."""
         return analysis.tune(self, mu, L)
@@ -106,6 +117,11 @@ def wrap(scheme: _passive.Scheme) -> Scheme:
     if isinstance(scheme, Scheme):
         return scheme
     return Scheme(**{f.name: getattr(scheme, f.name) for f in fields(scheme) if f.init})
+
+
+def inverse(scheme: _passive.Scheme, **params: Any) -> Scheme:
+    """``scheme``'s step solved for its oldest states (see `Scheme.inverse`)."""
+    return wrap(_inverse(scheme, **params))
 
 
 def layer_form(scheme: _passive.Scheme) -> Scheme:

@@ -112,3 +112,16 @@ def test_modified_equation_is_shown_in_the_standard_form():
     r = invoke("lm_resnet")  # a multistep scheme also shows the form of Lu et al.
     assert "modified equation: du/dt = f/(κ + 1)" in r.output
     assert "modified equation, form of Lu et al.: (κ + 1)*Derivative(u(t), t)" in r.output
+
+
+def test_inspect_says_how_stably_the_step_runs_backwards():
+    out = CliRunner().invoke(cli, ["inspect", "lm_resnet", "--depth", "16"])
+    assert out.exit_code == 0, out.output
+    # LM-ResNet at κ = −0.05: the inverse divides by κ, 1/|κ| = 20 per layer
+    assert "inverse step, error growth per layer: 20 (at the defaults)" in out.output
+    assert "over 16 layers" in out.output
+    leap = CliRunner().invoke(cli, ["inspect", "leapfrog", "--json"])
+    data = json.loads(leap.output)
+    assert data["inverse_growth"] == pytest.approx(1.0)  # leapfrog: roots on the unit circle
+    relu = CliRunner().invoke(cli, ["inspect", "hb_net"])
+    assert "no reversible network" in relu.output and "relu is not invertible" in relu.output

@@ -30,6 +30,7 @@ EXPECTED = {
     "hb_net": "relu is not invertible",
     "heavy_ball": None,
     "heavy_ball_velocity": None,
+    "momentum_resnet": None,
     "heun": "its inverse is implicit",
     "leapfrog": None,
     "lm_resnet": None,

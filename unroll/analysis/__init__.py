@@ -7,6 +7,7 @@ reading the scheme's step IR (`unroll.ir.step`; the ODE analyses through `unroll
 - `modified_equation`, `truncation_equation` (modified.py): the equation the scheme solves to
   higher order (backward error analysis; the form of Lu et al. 2018);
 - `iteration_matrix`, `rate`, `tune` (rates.py): optimizer schemes on quadratics;
+- `inverse_stability`, `inverse_amplification` (inverse.py): how stably the step runs backwards;
 - `unroll.analysis.identification.identify`: which known architecture a scheme is;
 - `unroll.analysis.objectives.objective`: the objective behind a layer's activation;
 - `unroll.analysis.report.facts`: all of them for one scheme (`unroll inspect`, docs/schemes.md).
@@ -14,6 +15,12 @@ reading the scheme's step IR (`unroll.ir.step`; the ODE analyses through `unroll
 
 from __future__ import annotations
 
+from unroll.analysis.inverse import (
+    InverseStability,
+    inverse_amplification,
+    inverse_matrix,
+    inverse_stability,
+)
 from unroll.analysis.modified import modified_equation, truncation_equation
 from unroll.analysis.orders import order, order_conditions
 from unroll.analysis.rates import (
@@ -37,6 +44,10 @@ from unroll.analysis.stability import (
 )
 
 __all__ = [
+    "InverseStability",
+    "inverse_amplification",
+    "inverse_matrix",
+    "inverse_stability",
     "FAMILIES",
     "LAM",
     "history_labels",

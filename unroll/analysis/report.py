@@ -8,6 +8,7 @@ tests/analysis/test_report.py fails when docs/schemes.md is out of date.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import sympy as sp
 
 from unroll.analysis import rates, stability
 from unroll.analysis.identification import identify
+from unroll.analysis.inverse import inverse_stability
 from unroll.analysis.modified import modified_equation, truncation_equation
 from unroll.analysis.objectives import objective
 from unroll.analysis.ode import ode_step
@@ -25,6 +27,7 @@ from unroll.ir import activations
 from unroll.ir.layer_form import layer_form
 
 CATALOGUE_MU, CATALOGUE_L = 1.0, 100.0  # the curvatures the catalogue tunes for (κ = 100)
+INVERSE_DEPTH = 16  # the layers over which the inverse step's amplification is predicted
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 FIGURE = "stability.png"
 MAX_SHOWN_TERMS = 4  # the modified equation is shown to its leading correction, at most h^4
@@ -62,11 +65,16 @@ def _modified_text(eq: sp.Eq, state: str, h: sp.Symbol) -> str:
 
 
 def facts(
-    scheme, activation: str | None = None, mu: float = CATALOGUE_MU, L: float = CATALOGUE_L
+    scheme,
+    activation: str | None = None,
+    mu: float = CATALOGUE_MU,
+    L: float = CATALOGUE_L,
+    depth: int = INVERSE_DEPTH,
 ) -> dict:
     """What unroll knows of ``scheme``, as JSON-ready data: each analysis's value (None where it
     does not apply) and, in ``notes``, why an analysis is absent. ``mu`` and ``L`` bound the
-    curvatures for an optimizer scheme's rates; they are checked only where they are used."""
+    curvatures for an optimizer scheme's rates; they are checked only where they are used.
+    ``depth``: the layers over which the inverse step's error amplification is predicted."""
     out: dict[str, Any] = {
         "scheme": scheme.name or None,
         "equations": str(scheme),
@@ -114,8 +122,24 @@ def facts(
         _rate_facts(scheme, mu, L, out, notes)
     else:
         notes["rate"] = "not applicable: not an optimizer scheme"
+    _inverse_facts(scheme, depth, out, notes)
     out["notes"] = notes
     return out
+
+
+def _inverse_facts(scheme, depth: int, out: dict, notes: dict) -> None:
+    """Whether the step can be run backwards (reversible networks) and how stably: the growth
+    of an error per layer of the inverse and its amplification over ``depth`` layers."""
+    form, err = _try(layer_form, scheme)
+    target = form if form is not None else scheme
+    found, err = _try(inverse_stability, target, depth)
+    out["inverse_depth"] = depth
+    if err:
+        out["inverse_growth"] = out["inverse_amplification"] = None
+        notes["inverse_growth"] = f"no reversible network: {err}"
+        return
+    out["inverse_growth"] = found.growth
+    out["inverse_amplification"] = found.amplification
 
 
 def _ode_facts(scheme, out: dict, notes: dict) -> None:
@@ -206,10 +230,17 @@ _LABELS = [
     ("rate_at_defaults", "rate at the defaults"),
     ("tuned", "tuned parameters"),
     ("tuned_rate", "tuned rate"),
+    ("inverse_growth", "inverse step, error growth per layer"),
+    ("inverse_amplification", "inverse step, amplification"),
 ]
 
 
 def _value_text(key: str, value: Any, f: dict) -> str:
+    if key == "inverse_growth":
+        return f"{value:.6g} (at the defaults)"
+    if key == "inverse_amplification":
+        digits = math.log10(value) if 0 < value < math.inf else math.inf
+        return f"{value:.3g} over {f['inverse_depth']} layers ({digits:.1f} decimal digits)"
     if key in ("rate_at_defaults", "tuned_rate"):
         verdict = " (diverges: the rate is 1 or more)" if value >= 1 else ""
         return f"{value:.4f} over λ ∈ [{f['mu']:g}, {f['L']:g}]{verdict}"

@@ -30,16 +30,30 @@ from unroll.frontend.library import resolve
 @click.option(
     "--L", "L", default=100.0, show_default=True, type=float, help="Largest curvature λ for rates."
 )
+@click.option(
+    "--depth",
+    default=16,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Layers over which the inverse step's error amplification is predicted.",
+)
 def command(
-    scheme: str, activation: str | None, plot: str | None, as_json: bool, mu: float, L: float
+    scheme: str,
+    activation: str | None,
+    plot: str | None,
+    as_json: bool,
+    mu: float,
+    L: float,
+    depth: int,
 ) -> None:
     """Report on SCHEME (a bundled name, a YAML file or scheme text): kind, architecture, layer,
     objective, order, zero-stability, stability function, modified equation, and for optimizer
     schemes the iteration matrix, rate and tuned parameters (--mu and --L bound the curvatures;
-    they are checked only for those). A plot that cannot be drawn is refused after the report."""
+    they are checked only for those), and how stably the step runs backwards (the inverse's
+    error growth per layer and amplification over --depth layers: reversible networks). A plot that cannot be drawn is refused after the report."""
 
     s = resolve(scheme)
-    facts = report.facts(s, activation=activation, mu=mu, L=L)
+    facts = report.facts(s, activation=activation, mu=mu, L=L, depth=depth)
     refused = None
     if plot is not None:
         try:

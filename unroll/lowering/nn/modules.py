@@ -34,15 +34,18 @@ import torch
 from torch import nn
 
 from unroll.analysis.identification import identify
+from unroll.analysis.inverse import inverse_amplification
 from unroll.analysis.objectives import objective
 from unroll.errors import UnrollError
 from unroll.frontend.scheme import STEP_NAMES, Scheme, canonical_params
 from unroll.ir import activations
+from unroll.ir.inverse import inverse
 from unroll.ir.names import GREEK_NAMES
 from unroll.ir.step import StepIR, build
 from unroll.lowering.eager.activations import torch_function
 from unroll.lowering.eager.program import EagerStep, advance, eager_step
 from unroll.lowering.eager.states import check_finite, initial_states, primary_state, stack_path
+from unroll.lowering.nn.reversible import reversible_unroll
 from unroll.lowering.triton import op as triton_op
 from unroll.lowering.triton import tied as triton_tied
 from unroll.lowering.triton.op import BACKENDS
@@ -111,6 +114,10 @@ class Options:
     branch f starts at zero, so that a deep residual network starts as the identity), or a
     callable applied to every operator module as `torch.nn.Module.apply` does. Biases of the
     initialised layers start at zero (but with "default").
+    reversible: train without storing each layer's states: the backward pass rebuilds them with
+    the scheme's inverse step (`unroll.ir.inverse`), so activation memory does not grow with the
+    depth; refused with the reason when the scheme has no inverse, and with the predicted error
+    amplification when rebuilding would cost more digits than the dtype can spare.
     in_dim, out_dim: a stem ``Linear(in_dim, dim)`` before the steps and a head
     ``Linear(dim, out_dim)`` after them (dense networks); in_channels, num_classes: a stem
     conv3×3 → BatchNorm → ReLU from ``in_channels`` and a head average pool → Linear to
@@ -138,6 +145,7 @@ class Options:
     backend: str = "auto"
     check_finite: bool = False
     init: str | Callable = "default"
+    reversible: bool = False
     in_dim: int | None = None
     out_dim: int | None = None
     in_channels: int | None = None
@@ -708,6 +716,8 @@ class Network(nn.Module):
         _initialise(self.blocks, opts.init, self.ir)
         self.stem, self.head = _stem(opts), _head(opts)
         self._linear = next((c.op for c in self.ir.calls if c.kind == "linear"), None)
+        if opts.reversible:
+            self._reversible = Reversal(self.ir)  # refuses a scheme without an inverse, here
 
     def survival(self, n: int) -> float:
         """p_n of block n (0-based): 1 − ((n + 1)/L)(1 − p_L), so the last block has p_L."""
@@ -756,6 +766,11 @@ class Network(nn.Module):
         else:
             values = Coefficients.stacked([b.coefficients for b in self.blocks])
         newest = block0._program.newest
+        if self.options.reversible and torch.is_grad_enabled() and not trace:
+            gains = [self._gain(n, ref) for n in range(self.depth)]
+            history = self._reversible.run(self, history, values, gains, fused)
+            final = newest(history)
+            return self._headed(final[single] if single else final, single)
         for n in range(self.depth):
             block = block0 if tied else self.blocks[n]
             c = values[n]
@@ -841,6 +856,101 @@ class Network(nn.Module):
         x = stacked[primary_state(self.form)]
         F = objective(name)
         return torch.stack([F.evaluate(xk, linear[0].weight, bias) for xk in x])
+
+
+class Reversal:
+    """The inverse of a network's step, and `reversible_unroll` around it: the backward pass
+    rebuilds each layer's input history from its output instead of storing it."""
+
+    def __init__(self, ir: StepIR):
+        self.forward, scheme = ir, ir.scheme
+        if any(s.scalar for s in ir.states):
+            raise UnrollError(
+                f"reversible=True: {ir.label!r} has a scalar state (a schedule), which the "
+                "reversible unroll does not carry"
+            )
+        self.inverse = build(inverse(scheme), layer=True)  # an UnrollError says why not
+        self.program = eager_step(self.inverse)
+        names = [c.name for c in ir.parameters]
+        by_spec = {c.spec.name: names.index(c.name) for c in ir.parameters}
+        self.take = tuple(by_spec[c.spec.name] for c in self.inverse.parameters)
+        self.specs = tuple(c.spec.name for c in ir.parameters)
+        self.slots = tuple(len(s.history) for s in ir.states)
+        # the inverse's states may come in another order: where each one's history starts
+        starts = dict(zip((s.name for s in ir.states), _starts(self.slots), strict=True))
+        self.order = tuple((starts[s.name], len(s.history)) for s in self.inverse.states)
+        firsts = dict(zip(self.program.states, self.program.firsts, strict=True))
+        self.oldest = tuple(firsts[s.name] for s in ir.states)
+        h = [i for i, c in enumerate(ir.parameters) if c.spec.name in STEP_NAMES]
+        self.h = h[0] if h else None
+
+    def __getstate__(self) -> dict:
+        return {"forward": self.forward}  # the printed inverse is resolved again on loading
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["forward"])
+
+    def _reversed(self, flat: tuple) -> tuple:
+        """Each state's history reversed, in the inverse's state order: its own history."""
+        out: list = []
+        for at, d in self.order:
+            out += flat[at : at + d][::-1]
+        return tuple(out)
+
+    def step_back(self, block: Block, n: int, flat: tuple, c: tuple) -> tuple:
+        """The history before layer ``n`` from the history after it (the inverse scheme runs
+        on each state's history reversed, at time −t_n)."""
+        params = tuple(c[i] for i in self.take)
+        t = -n * c[self.h] if self.h is not None else -n
+        new = self.program.step(self._reversed(flat), params, t, -n, block._ops(self.program))
+        oldest = [new[i] for i in self.oldest]  # the values before the window, forward order
+        out, at = [], 0
+        for d, value in zip(self.slots, oldest, strict=True):
+            out += [*flat[at + 1 : at + d], value]
+            at += d
+        return tuple(out)
+
+    def run(self, net: Network, history: tuple, values: list, gains: list, fused: bool) -> tuple:
+        """``net``'s layers from ``history`` by `reversible_unroll`."""
+        blocks = net.blocks
+        tied = net.options.tied
+
+        def block(n: int) -> Block:
+            return blocks[0 if tied else n]
+
+        def step(n: int, h: tuple) -> tuple:
+            return block(n).step(h, n, gains[n], values[n], boot=n < net.boot_steps, fused=fused)
+
+        def back(n: int, h: tuple) -> tuple:
+            return self.step_back(block(n), n, h, values[n])
+
+        seen: dict[int, torch.Tensor] = {}
+        for b in blocks:
+            for p in b.operators.parameters():
+                seen.setdefault(id(p), p)
+        for c in values[: 1 if tied else len(values)]:
+            for v in c:
+                if isinstance(v, torch.Tensor) and v.requires_grad:
+                    seen.setdefault(id(v), v)
+        layers = [
+            {name: _number(v) for name, v in zip(self.specs, values[n], strict=True)}
+            for n in range(net.boot_steps, net.depth)
+        ]
+        amplification = inverse_amplification(self.forward.scheme, layers) if layers else 1.0
+        return reversible_unroll(
+            step, back, history, net.depth, list(seen.values()),
+            amplification=amplification, stored=net.boot_steps,
+        )  # fmt: skip
+
+
+def _starts(sizes: Sequence[int]) -> list[int]:
+    return list(itertools.accumulate((0, *sizes[:-1])))
+
+
+def _number(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().to(torch.float64).numpy().reshape(-1)
+    return float(value)
 
 
 def _check_width(opts: Options, form: Scheme, current: Mapping[str, torch.Tensor]) -> None:
