@@ -207,3 +207,18 @@ def test_cli_tiny_prints_and_writes_only_where_told(tmp_path, monkeypatch):
     assert (out / "experiments" / "order.png").read_bytes()[:8] == PNG
     missing = CliRunner().invoke(cli, ["experiment", "grow", "--stored", "--out", str(out)])
     assert missing.exit_code == 2 and "grow.json" in missing.output
+
+
+def test_the_ten_line_classifier_of_the_docs_trains(capsys):
+    """The example of docs/experiments.md (and of the README) runs as written and learns the
+    digits: its held-out accuracy is far above chance (0.1); three unseeded runs gave 0.940 to
+    0.951, so 0.9 leaves room for the seed and nothing for a network that does not train."""
+    text = (ROOT / "docs" / catalogue.DOCUMENT).read_text()
+    part = text.split("## Train a classifier in ten lines", 1)[1]
+    code = part.split("```python\n", 1)[1].split("```", 1)[0]
+    torch.manual_seed(0)
+    with harness.one_thread():
+        exec(compile(code, "docs/experiments.md", "exec"), {})  # noqa: S102 - the docs' own example
+    printed = capsys.readouterr().out
+    accuracy = float(printed.split("test accuracy")[1])
+    assert accuracy > 0.9, printed

@@ -74,8 +74,8 @@ def run(
         harness.bars(f"experiment {name}", len(todo), enabled=progress) as bar,
     ):
         for job in todo:
-            bar.start(job.label, job.epochs)
-            runs += job.run(bar.advance)
+            with bar.job(job.label, job.epochs):
+                runs += job.run(bar.advance)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     options = " --tiny" if tiny else ""
     return Result(

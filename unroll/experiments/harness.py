@@ -352,16 +352,21 @@ def write_section(path: Path, name: str, text: str, order: Sequence[str]) -> Non
 
 
 class Tracker:
-    """What `bars` yields: `start` a job's bar, `advance` it by one epoch."""
+    """What `bars` yields: `job` shows a job's bar while it trains, `advance` moves it by one
+    epoch."""
 
     def __init__(self, progress: Any, jobs_task: Any):
         self.progress, self.jobs_task, self.epoch_task = progress, jobs_task, None
 
-    def start(self, label: str, epochs: int) -> None:
-        if self.epoch_task is not None:
-            self.progress.remove_task(self.epoch_task)
-            self.progress.advance(self.jobs_task)
+    @contextmanager
+    def job(self, label: str, epochs: int) -> Iterator[None]:
         self.epoch_task = self.progress.add_task(f"  {label}", total=max(epochs, 1))
+        try:
+            yield
+        finally:
+            self.progress.remove_task(self.epoch_task)
+            self.epoch_task = None
+            self.progress.advance(self.jobs_task)
 
     def advance(self, *_: Any) -> None:
         if self.epoch_task is not None:

@@ -29,6 +29,13 @@ NETWORKS = {
     "HB-Net": "hb_net",
     "AGD-Net": "agd_net",
 }
+INIT_TEXT = {
+    "default": "keeps PyTorch's nn.Linear initialisation U(−1/√n, 1/√n)",
+    "kaiming": "is He's normal (fan in, gain √2)",
+    "xavier": "is Glorot's uniform",
+    "orthogonal": "is a random orthogonal matrix",
+    "zeros": "zeroes the last layer of a residual branch",
+}
 CHANCE = 0.2  # a run below this validation accuracy learnt nothing (10 classes: chance is 0.1)
 
 
@@ -219,10 +226,10 @@ def section(result: Result) -> str:
             + ", ".join(f"`{v}` ({k})" for k, v in NETWORKS.items())
             + f", φ = ReLU, width {s['width']}, a Linear stem 64 → {s['width']} and head "
             f"{s['width']} → 10 (PyTorch's initialisation), β starting at 0.5 and trained in "
-            "[0, 1]; tied networks share one W, b and β (ResNet: one f) across all layers. `init` sets every "
-            "layer's W: `default` keeps PyTorch's nn.Linear initialisation "
-            "U(−1/√n, 1/√n), `kaiming` is He's normal (gain √2), `xavier` Glorot's uniform, "
-            "`orthogonal` a random orthogonal matrix; biases start at 0 but with `default`. "
+            "[0, 1]; tied networks share one W, b and β (ResNet: one f) across all layers. "
+            "`init` sets every layer's W: "
+            + ", ".join(f"`{i}` {INIT_TEXT[i]}" for i in s["inits"])
+            + "; biases start at 0 but with `default`. "
             f"scikit-learn's digits as 64-vectors (1,348 train, 449 validation images, one "
             f"split), {s['epochs']} epochs of Adam (lr {s['lr']}, batches of {s['batch_size']}), "
             f"{result.seeds} seeds (initialisation and batch order).",
