@@ -9,8 +9,8 @@ from click.testing import CliRunner
 pytest.importorskip("sklearn")
 
 from unroll.cli import cli  # noqa: E402
-from unroll.cli.commands.grow import METHODS, experiment  # noqa: E402
 from unroll.experiments import digits  # noqa: E402
+from unroll.experiments.growing import METHODS, experiment  # noqa: E402
 from unroll.experiments.splitting import find_sites  # noqa: E402
 
 TINY = ["--rounds", "1", "--epochs", "2", "--width", "4"]

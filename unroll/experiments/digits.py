@@ -1,34 +1,38 @@
-"""The digits experiments' shared parts: data, the two model builders, training, evaluation.
+"""scikit-learn's digits for the experiments: the data, the two model builders of ``unroll grow``
+and ``unroll parallel``, and the commands' shared parts.
 
-The data is scikit-learn's bundled 8×8 digits (1,797 images, 10 classes; no download). Used by
-``unroll grow`` and ``unroll parallel``; everything here is deterministic given ``seed``.
+The data is scikit-learn's bundled 8×8 digits (1,797 images, 10 classes; no download).
+Training, evaluation and the rest live in `unroll.experiments.harness` (re-exported here);
+everything is deterministic given ``seed``.
 """
 
 from __future__ import annotations
 
-import datetime
-import os
-import platform
+import shlex
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 
+import click
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+from torch import nn
 
 from unroll.errors import UnrollError
+from unroll.experiments.harness import Data, count, evaluate, machine, one_thread, train
 from unroll.experiments.parallel import Residual
 from unroll.frontend.library import schemes
 from unroll.ir import vocabulary as ir
 from unroll.lowering.nn.modules import network
 
 __all__ = [
+    "Data",
     "Digits",
     "check_sizes",
     "command_line",
     "count",
     "evaluate",
+    "images",
     "load",
     "machine",
     "scheme_net",
@@ -39,24 +43,15 @@ __all__ = [
 ]
 
 FEATURES, CLASSES = 64, 10
+SIDE = 8  # the images are SIDE × SIDE, one channel
+
+Digits = Data  # the digits' split: x of shape (n, 64) float32, centred; y of shape (n,)
 
 
-@dataclass(frozen=True)
-class Digits:
-    """Train and validation split: x of shape (n, 64), float32, centred; y of shape (n,)."""
-
-    x_train: Tensor
-    y_train: Tensor
-    x_val: Tensor
-    y_val: Tensor
-
-    @property
-    def train(self) -> tuple[Tensor, Tensor]:
-        return self.x_train, self.y_train
-
-
-def load(seed: int = 0, val_fraction: float = 0.25) -> Digits:
-    """The digits, pixels scaled to [0, 1] and centred by the training mean."""
+def load(seed: int = 0, val_fraction: float = 0.25) -> Data:
+    """The digits, pixels scaled to [0, 1] and centred by the training mean (per pixel); the
+    split (a ``val_fraction`` of the images for validation) is drawn with ``seed``. x has
+    shape (n, 64)."""
     try:
         from sklearn.datasets import load_digits
     except ImportError as e:  # pragma: no cover - scikit-learn is in the 'grow' extra
@@ -70,7 +65,13 @@ def load(seed: int = 0, val_fraction: float = 0.25) -> Digits:
     n_val = round(val_fraction * len(x))
     val, tr = order[:n_val], order[n_val:]
     mean = x[tr].mean(0)
-    return Digits(x[tr] - mean, y[tr], x[val] - mean, y[val])
+    return Data(x[tr] - mean, y[tr], x[val] - mean, y[val])
+
+
+def images(data: Data) -> Data:
+    """The same split with x as images for convolutional networks: shape (n, 1, 8, 8)."""
+    shape = (-1, 1, SIDE, SIDE)
+    return Data(data.x_train.reshape(shape), data.y_train, data.x_val.reshape(shape), data.y_val)
 
 
 def scheme_net(scheme: str, depth: int, width: int, hidden: int, seed: int = 0) -> nn.Sequential:
@@ -112,78 +113,6 @@ def residual_net(blocks: int, width: int, hidden: int, seed: int = 0) -> nn.Sequ
     return nn.Sequential(nn.Linear(FEATURES, width), stack, nn.Linear(width, CLASSES)).float()
 
 
-def train(
-    model: nn.Module,
-    data: Digits,
-    *,
-    epochs: int,
-    lr: float = 1e-2,
-    batch_size: int = 128,
-    seed: int = 0,
-    after_epoch: Callable[[int], None] | None = None,
-) -> None:
-    """Adam on the cross-entropy, shuffled mini-batches (order fixed by ``seed``).
-
-    A fresh optimiser each call: after `unroll.grow` the parameters are new tensors.
-    """
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    gen = torch.Generator().manual_seed(seed)
-    x, y = data.train
-    model.train()
-    for epoch in range(epochs):
-        order = torch.randperm(len(x), generator=gen)
-        for i in range(0, len(x), batch_size):
-            idx = order[i : i + batch_size]
-            opt.zero_grad()
-            F.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-        if after_epoch is not None:
-            after_epoch(epoch)
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, x: Tensor, y: Tensor) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) of ``model`` on ``x``, ``y``."""
-    was = model.training
-    model.eval()
-    out = model(x)
-    model.train(was)
-    return float(F.cross_entropy(out, y)), float((out.argmax(1) == y).float().mean())
-
-
-def count(model: nn.Module) -> int:
-    """The number of parameters."""
-    return sum(p.numel() for p in model.parameters())
-
-
-@contextmanager
-def one_thread():
-    """Run torch on one thread: these networks are so small that intra-op threads only add
-    synchronisation (10× slower on a busy 2-core machine). Restores the setting afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def machine() -> str:
-    """The date and the machine a result was produced on, for generated documents."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        if names:
-            cpu = names[0]
-    except OSError:
-        pass
-    return (
-        f"{datetime.date.today().isoformat()}, {cpu} ({os.cpu_count()} CPUs), "
-        f"{platform.system()}, torch {torch.__version__}"
-    )
-
-
 # -- the commands' shared parts ----------------------------------------------------------------
 def check_sizes(sizes: Mapping[str, int], lr: float) -> None:
     """UnrollError naming the first option ``--name`` below 1, or a learning rate not > 0."""
@@ -198,9 +127,6 @@ def check_sizes(sizes: Mapping[str, int], lr: float) -> None:
 def progress(total: int) -> Iterator[Callable[..., None]]:
     """A bar of ``total`` training epochs on stderr (hidden when stderr is no terminal);
     yields the function to call after each epoch (it ignores its arguments)."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
     err = Console(stderr=True)
     with Progress(
         "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
@@ -213,10 +139,6 @@ def progress(total: int) -> Iterator[Callable[..., None]]:
 def command_line() -> str:
     """The running click command's line with every option spelled out, to reproduce a run
     (lists comma-separated, flags by name)."""
-    import shlex
-
-    import click
-
     ctx = click.get_current_context()
     args = [ctx.info_name]
     for p in ctx.command.params:
