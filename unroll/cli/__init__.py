@@ -27,6 +27,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "unroll.cli.commands.emit",
         "Write the fused forward/backward Triton module of each scheme.",
     ),
+    "experiment": (
+        "unroll.cli.commands.experiment",
+        "Run an experiment (the papers' claims on small data) and write its part of "
+        "docs/experiments.md.",
+    ),
     "grow": (
         "unroll.cli.commands.grow",
         "Train a small network on the digits and grow it by splitting (S2D and signed).",

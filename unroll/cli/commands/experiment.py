@@ -14,6 +14,10 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from unroll.errors import UnrollError
+from unroll.experiments import catalogue
+from unroll.experiments.harness import Result
+
 
 @click.command("experiment")
 @click.argument("names", nargs=-1, required=True, metavar="NAME...")
@@ -31,9 +35,6 @@ def command(
     names: tuple[str, ...], seeds: int | None, tiny: bool, stored: bool, out: Path | None
 ) -> None:
     """Run experiments (NAME: momentum, multistep, order, grow, parallel or all)."""
-    from unroll.errors import UnrollError
-    from unroll.experiments import catalogue
-    from unroll.experiments.harness import Result
 
     chosen = list(catalogue.EXPERIMENTS) if "all" in names else list(dict.fromkeys(names))
     for name in chosen:

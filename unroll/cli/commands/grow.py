@@ -14,8 +14,10 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from unroll.errors import UnrollError
 from unroll.experiments import digits
 from unroll.experiments.growing import METHODS, Row, experiment, markdown, plot_rows
+from unroll.experiments.splitting import check_options
 
 __all__ = ["METHODS", "Row", "command", "experiment"]
 
@@ -44,8 +46,6 @@ def command(
     rounds, epochs, scheme, depth, width, hidden, fraction, eps, lr, seed, exact, out
 ) -> None:
     """Train a small network on the digits and grow it by splitting (S2D and signed)."""
-    from unroll.errors import UnrollError
-    from unroll.experiments.splitting import check_options
 
     check_options(fraction=fraction, eps=eps)
     if rounds < 0:
