@@ -209,3 +209,19 @@ def test_a_state_dict_loads_into_another_build():
     assert not torch.equal(a(x), b(x))
     b.load_state_dict(a.state_dict())
     assert torch.equal(a(x), b(x))
+
+
+def test_zeros_init_zeroes_the_normalisation_after_the_last_conv_and_refuses_a_dead_relu():
+    torch.manual_seed(0)
+    net = unroll.schemes["forward_euler"].network(
+        2, f=lambda: unroll.nn.basic_branch(3), init="zeros"
+    )
+    branch = net.blocks[0].operators["f"]
+    bn = branch[4]
+    assert float(bn.weight.detach().abs().sum()) == 0 and float(bn.bias.detach().abs().sum()) == 0
+    assert float(branch[3].weight.detach().abs().sum()) > 0  # the conv before it keeps its init
+    x = torch.randn(2, 3, 5, 5)
+    assert torch.equal(net.train()(x), x)  # identity at the start, BatchNorm in training mode too
+    dead = lambda: nn.Sequential(nn.Linear(8, 8), nn.ReLU())  # noqa: E731
+    with pytest.raises(unroll.UnrollError, match="ends in ReLU.*slope 0 at 0"):
+        unroll.schemes["forward_euler"].network(2, f=dead, init="zeros")

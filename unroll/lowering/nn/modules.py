@@ -110,10 +110,12 @@ class Options:
     holds a NaN or an infinity (a diverging network is otherwise silent).
     init: how the weights start: "default" (each module's own PyTorch initialisation: nn.Linear
     and nn.Conv2d draw U(−1/√fan_in, 1/√fan_in)), "kaiming" (He: normal, fan_in, gain √2),
-    "xavier" (Glorot: uniform), "orthogonal", "zeros" (the last layer of every residual
-    branch f starts at zero, so that a deep residual network starts as the identity), or a
-    callable applied to every operator module as `torch.nn.Module.apply` does. Biases of the
-    initialised layers start at zero (but with "default").
+    "xavier" (Glorot: uniform), "orthogonal", "zeros" (every residual branch f starts at
+    zero, so that a deep residual network starts as the identity: its last Linear/Conv2d, or
+    the scale and shift of a normalisation after it, is zeroed; refused before a ReLU, whose
+    slope 0 at 0 would keep it zero), or a callable applied to every operator module as
+    `torch.nn.Module.apply` does. Biases of the initialised layers start at zero (but with
+    "default"). Every value but "default" also initialises the branch modules given as f.
     reversible: train without storing each layer's states: the backward pass rebuilds them with
     the scheme's inverse step (`unroll.ir.inverse`), so activation memory does not grow with the
     depth; refused with the reason when the scheme has no inverse, and with the predicted error
@@ -1027,15 +1029,7 @@ def _initialise(blocks: Iterable[Block], init: str | Callable, ir: StepIR) -> No
                 "branch (its layers are W and φ)"
             )
         for name, module in branches:
-            layers = [m for m in module.modules() if isinstance(m, _WEIGHTED)]
-            if not layers:
-                raise UnrollError(
-                    f"init='zeros': the branch {name} has no Linear or Conv2d layer to zero"
-                )
-            with torch.no_grad():
-                _weight(layers[-1]).zero_()
-                if getattr(layers[-1], "bias", None) is not None:
-                    layers[-1].bias.zero_()
+            _zero_last(name, module)
         return
     fill = {
         "kaiming": lambda w: nn.init.kaiming_normal_(w, nonlinearity="relu"),
@@ -1049,6 +1043,38 @@ def _initialise(blocks: Iterable[Block], init: str | Callable, ir: StepIR) -> No
                     fill(_weight(layer))
                     if getattr(layer, "bias", None) is not None:
                         layer.bias.zero_()
+
+
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)
+_FLAT_AT_ZERO = (nn.ReLU, nn.ReLU6)  # slope 0 at 0 in PyTorch: a zeroed input never trains
+
+
+def _zero_last(name: str, branch: nn.Module) -> None:
+    """Start ``branch`` at zero: its last Linear/Conv2d (weight and bias), or, when a
+    normalisation comes after that layer, the normalisation's scale and shift (the zero-γ
+    initialisation of residual networks; zeroing the convolution before a BatchNorm would only
+    divide its gradient by √eps)."""
+    layers = [m for m in branch.modules() if isinstance(m, (*_WEIGHTED, *_NORMS))]
+    if not any(isinstance(m, _WEIGHTED) for m in layers):
+        raise UnrollError(f"init='zeros': the branch {name} has no Linear or Conv2d layer to zero")
+    last = layers[-1]
+    if isinstance(branch, nn.Sequential):
+        order = list(branch)
+        tail = order[order.index(last) + 1 :] if last in order else []
+        flat = [type(m).__name__ for m in tail if isinstance(m, _FLAT_AT_ZERO)]
+        if flat:
+            raise UnrollError(
+                f"init='zeros': the branch {name} ends in {flat[-1]} after its last layer; "
+                f"{flat[-1]} has slope 0 at 0, so a zeroed layer before it would never train"
+            )
+    with torch.no_grad():
+        if isinstance(last, _NORMS):
+            last.weight.zero_()
+            last.bias.zero_()
+        else:
+            _weight(last).zero_()
+            if getattr(last, "bias", None) is not None:
+                last.bias.zero_()
 
 
 def _stem(opts: Options) -> nn.Module | None:
