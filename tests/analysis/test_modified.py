@@ -10,6 +10,7 @@ import sympy as sp
 import torch
 
 import unroll
+from tests.tolerances import SLOPE
 from unroll.analysis import modified_equation, truncation_equation
 
 h, t, kappa = sp.Symbol("h"), sp.Symbol("t"), sp.Symbol("κ")
@@ -159,7 +160,7 @@ def defect_slope(defect) -> float:
     return float(np.polyfit(np.log(STEPS), np.log(errors), 1)[0])
 
 
-SLOPE_TOL = 0.3  # the project's tolerance for a slope fitted on three step sizes
+SLOPE_TOL = SLOPE  # tests/tolerances.py
 
 
 @pytest.mark.parametrize("name", ["forward_euler", "midpoint", "heun"])

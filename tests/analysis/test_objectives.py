@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 import unroll
 import unroll.analysis.objectives as objective_module  # noqa: E402
 from tests import ROOT
+from tests.tolerances import F64_ROUNDING, PROX
 from unroll import UnrollError
 from unroll.analysis.objectives import Objective, check_activation, objective, t
 from unroll.ir import activations
@@ -75,7 +76,7 @@ def numerical_prox(obj: Objective, vs: torch.Tensor) -> torch.Tensor:
 
 # The minimised function is 1-strongly convex, so an error δ in the argmin costs at least δ²/2:
 # float64 noise ε in evaluating it (|values| ≲ 100, ε ≈ 1e-14) limits δ to about √(2ε) ≈ 1.4e-7.
-PROX_TOL = 1e-6
+PROX_TOL = PROX  # tests/tolerances.py
 
 
 @pytest.mark.parametrize("spec", SUPPORTED, ids=IDS)
@@ -186,7 +187,7 @@ def test_g_matches_closed_form_up_to_a_constant(spec):
     obj = objective(spec)
     ts = _interior(obj)
     diff = obj.evaluate_g(ts) - _np(CLOSED_FORMS[spec])(ts)
-    torch.testing.assert_close(diff, diff[:1].expand_as(diff), rtol=0, atol=1e-12)
+    torch.testing.assert_close(diff, diff[:1].expand_as(diff), **F64_ROUNDING)
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 import sympy as sp
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import unroll
@@ -228,7 +228,13 @@ def scheme_texts(draw):
 @settings(max_examples=60, deadline=None)
 @given(scheme_texts())
 def test_printing_then_parsing_gives_an_equal_scheme(text):
-    scheme = unroll.compile(text)
-    again = unroll.compile(str(scheme))
+    try:
+        scheme = unroll.compile(text)
+    except unroll.UnrollError as e:
+        # The strategy can nest exp past float64's range (exp(exp(7)) = 1.8e476), which the
+        # front end refuses by design: the law is about schemes that compile.
+        assert "overflows float64" in str(e), e
+        assume(False)
+    again = unroll.compile(str(scheme))  # what printed must parse back, whatever it is
     assert again == scheme
     assert str(again) == str(scheme)

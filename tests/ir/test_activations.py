@@ -15,13 +15,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.tolerances import F64_CLOSED_FORM
 from unroll import UnrollError
 from unroll.ir import activations
 from unroll.ir.activations import v
 from unroll.lowering.eager.activations import dilog, lambdify_torch, torch_function
 
 # float64 against a 30-digit reference: a few ulps of values of size ≤ 10.
-F64 = dict(rtol=1e-12, atol=1e-13)
+F64 = F64_CLOSED_FORM  # tests/tolerances.py
 
 SPECS = [
     "identity", "relu", "sigmoid", "tanh", "softplus", "hardtanh", "atan", "softsign", "gelu",

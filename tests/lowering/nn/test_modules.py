@@ -13,6 +13,7 @@ from torch import nn
 from torch.func import functional_call
 
 import unroll
+from tests.tolerances import F64_ROUNDING
 from unroll.ir.layer_form import layer_form
 from unroll.ir.step import build
 
@@ -87,7 +88,7 @@ def test_identity_activation_reproduces_the_optimizer_on_a_quadratic():
         F = lambda x: 0.5 * ((x @ A) * x).sum(-1) - x @ c  # noqa: E731
         want = scheme.run(x0, 6, F=F, α=alpha, β=beta_used)
         # float64, six steps of O(1) values: rounding stays near 1e-15; 1e-12 leaves room.
-        torch.testing.assert_close(net(x0), want, rtol=0, atol=1e-12)
+        torch.testing.assert_close(net(x0), want, **F64_ROUNDING)
 
 
 # -- networks against hand loops and Scheme.run --------------------------------------------------
@@ -107,7 +108,7 @@ def test_heavy_ball_network_with_symmetric_W_matches_a_hand_loop():
     for _ in range(5):
         x, prev = torch.relu(x @ W.T + b + beta * (x - prev)), x
     # float64, the same operations in another order: differences are rounding, ~1e-15.
-    torch.testing.assert_close(net(x0), x, rtol=0, atol=1e-12)
+    torch.testing.assert_close(net(x0), x, **F64_ROUNDING)
 
 
 def test_velocity_network_equals_heavy_ball_network():
@@ -119,7 +120,7 @@ def test_velocity_network_equals_heavy_ball_network():
         hb.blocks[0].coefficients.b.normal_()
     vel.load_state_dict(hb.state_dict())  # same parameter names: W, β, b
     x0 = torch.randn(3, 5, dtype=torch.float64)
-    torch.testing.assert_close(vel(x0), hb(x0), rtol=0, atol=1e-12)  # float64 rounding only
+    torch.testing.assert_close(vel(x0), hb(x0), **F64_ROUNDING)  # float64 rounding only
 
 
 def test_lm_network_matches_scheme_run_with_the_same_f():
@@ -132,7 +133,7 @@ def test_lm_network_matches_scheme_run_with_the_same_f():
     assert kappa == pytest.approx(scheme.parameters["κ"].default, abs=1e-6)
     x0 = torch.randn(3, 4, dtype=torch.float64)
     want = scheme.run(x0, 6, f=as_ode(f), κ=kappa)
-    torch.testing.assert_close(net(x0), want, rtol=0, atol=1e-12)  # float64 rounding only
+    torch.testing.assert_close(net(x0), want, **F64_ROUNDING)  # float64 rounding only
 
 
 def test_lm_blocks_train_their_own_kappa():
@@ -147,7 +148,7 @@ def test_lm_blocks_train_their_own_kappa():
     for i in range(4):
         kappa = -0.5 + 0.3 * i
         x, prev = (1 - kappa) * x + kappa * prev + f(x), x
-    torch.testing.assert_close(net(x0), x, rtol=0, atol=1e-12)  # float64 rounding only
+    torch.testing.assert_close(net(x0), x, **F64_ROUNDING)  # float64 rounding only
 
 
 @pytest.mark.parametrize("name", ["ab2", "rk4", "revnet", "fractalnet", "polynet", "admm"])
@@ -173,7 +174,7 @@ def test_networks_match_scheme_run(name):
     want = scheme.run(x, 5, **run_kw, **coefficients)
     got, want = (got, want) if isinstance(got, dict) else ({"x": got}, {"x": want})
     for key in got:
-        torch.testing.assert_close(got[key], want[key], rtol=0, atol=1e-12)  # float64 rounding
+        torch.testing.assert_close(got[key], want[key], **F64_ROUNDING)  # float64 rounding
 
 
 # -- parameters, bounds, state ------------------------------------------------------------------
@@ -369,7 +370,7 @@ def test_cuda_matches_cpu():
     net = unroll.schemes["heavy_ball"].network(3, dim=8, activation="relu").double()
     x0 = torch.randn(4, 8, dtype=torch.float64)
     # float64 on both devices; matmuls may sum in another order: 1e-12 absorbs that.
-    torch.testing.assert_close(net.cuda()(x0.cuda()).cpu(), net.cpu()(x0), rtol=0, atol=1e-12)
+    torch.testing.assert_close(net.cuda()(x0.cuda()).cpu(), net.cpu()(x0), **F64_ROUNDING)
 
 
 # -- errors ------------------------------------------------------------------------------------
@@ -458,7 +459,7 @@ def test_objective_of_the_identity_layer_is_the_quadratic():
     x = trace.states
     # F(x) = ½ xᵀ(I − W)x − bᵀx with g = 0 for φ = identity.
     want = 0.5 * (x * x).sum(-1) - 0.5 * ((x @ W.T) * x).sum(-1) - x @ b
-    torch.testing.assert_close(trace.objective, want, rtol=0, atol=1e-12)  # float64 rounding
+    torch.testing.assert_close(trace.objective, want, **F64_ROUNDING)  # float64 rounding
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,7 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton")
 
 import unroll  # noqa: E402
+from tests.tolerances import KERNEL
 from unroll import UnrollError  # noqa: E402
 from unroll.ir.step import build  # noqa: E402
 from unroll.lowering.triton.block import is_per_channel  # noqa: E402
@@ -28,20 +29,7 @@ from unroll.lowering.triton.op import block_kernel, block_update, kernel_module 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SCHEMES = sorted(unroll.schemes)
 
-# Forward/backward tolerance per storage dtype, relative and absolute on O(1) values.
-# float64: a handful of operations each side, rounding differs by CSE and operation order:
-#   1e-12 is ~4 decimal orders above the 1e-16 unit roundoff.
-# float32: both sides compute in float32 (unit roundoff 6e-8) with different operation order:
-#   1e-5 allows ~100 ulps for chains of up to ~10 operations.
-# float16 / bfloat16: the kernel computes in float32 and rounds once when storing; compared to
-#   float64 on the same (rounded) inputs, the error is half an ulp of the result (float16
-#   2^-11 = 4.9e-4, bfloat16 2^-8 = 3.9e-3) plus float32 noise: one ulp (2^-10, 2^-7) passes.
-TOL = {
-    torch.float64: 1e-12,
-    torch.float32: 1e-5,
-    torch.float16: 2.0**-10,
-    torch.bfloat16: 2.0**-7,
-}
+TOL = KERNEL  # see tests/tolerances.py
 
 
 @pytest.fixture(autouse=True)

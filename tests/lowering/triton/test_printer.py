@@ -17,6 +17,7 @@ if not torch.cuda.is_available():
 
 pytest.importorskip("triton")
 
+from tests.tolerances import PRINTER
 from unroll import UnrollError  # noqa: E402
 from unroll.lowering.triton.printer import (
     FUNCTIONS,
@@ -53,10 +54,7 @@ CASES = [
     (sp.Integer(3), (-1, 1)),
 ]
 
-# float64: the kernel and NumPy round differently only in the last places of a few operations;
-# 1e-12 relative leaves 4 decimal orders over the ~1e-16 unit roundoff for chains of <= ~10 ops.
-# float32: unit roundoff 6e-8, same chains and the Kahan helpers (a few ulps): 2e-5 relative.
-TOL = {torch.float64: 1e-12, torch.float32: 2e-5}
+TOL = PRINTER  # see tests/tolerances.py
 
 
 @pytest.fixture(autouse=True)

@@ -19,6 +19,7 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton")
 
 import unroll  # noqa: E402
+from tests.tolerances import F64_TIED, TIED_GPU
 from unroll import UnrollError  # noqa: E402
 from unroll.api import layer_form  # noqa: E402
 from unroll.lowering.triton import tied  # noqa: E402
@@ -28,7 +29,7 @@ DEV = "cuda" if torch.cuda.is_available() else "cpu"
 # float64 on either side of the comparison: the kernel and eager torch sum the same terms in a
 # different order, so they differ by rounding only, ~depth·n·eps ≈ 1e-14 here; 1e-10 leaves
 # room for cancellation while any wrong term (O(1e-2) or more at these sizes) fails.
-F64 = dict(rtol=1e-10, atol=1e-10)
+F64 = F64_TIED  # tests/tolerances.py
 
 # Schemes the kernel runs, with an activation for optimizer schemes (they name none).
 SCHEMES = {
@@ -296,7 +297,7 @@ def test_the_loop_never_renames_a_carried_value():
 # -- GPU: every generated kernel against float64 (the interpreter is no evidence for the GPU) -----
 # bfloat16 keeps 8 bits: one layer's rounding is ~4e-3 relative; errors add over layers, so
 # 16 layers stay under ~3e-2 (the prototype: 2e-3). float32 (ieee dot): ~1e-6.
-GPU_TOL = {torch.float32: 1e-4, torch.bfloat16: 3e-2}
+GPU_TOL = TIED_GPU  # tests/tolerances.py
 
 
 @pytest.mark.gpu

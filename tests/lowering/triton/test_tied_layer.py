@@ -14,13 +14,14 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton")
 
 import unroll  # noqa: E402
+from tests.tolerances import F64_TIED
 from unroll import UnrollError  # noqa: E402
 from unroll.lowering.triton import tied  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 # float64 on both sides; the kernel sums the product in 16-wide chunks, torch in another order:
 # rounding ~n·eps ≈ 1e-14; a wrong term is O(1e-1).
-F64 = dict(rtol=1e-10, atol=1e-10)
+F64 = F64_TIED  # tests/tolerances.py
 
 
 def _t(*shape, seed=0):

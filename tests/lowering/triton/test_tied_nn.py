@@ -9,6 +9,8 @@ import os
 import pytest
 import torch
 
+from tests.tolerances import F64_TIED
+
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
@@ -17,7 +19,7 @@ pytest.importorskip("triton")
 import unroll  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
-F64 = dict(rtol=1e-10, atol=1e-10)  # float64 both ways: rounding only (see test_tied.py)
+F64 = F64_TIED  # float64 both ways: rounding only (tests/tolerances.py)
 
 
 @pytest.mark.parametrize("name", ["hb_net", "heavy_ball"])
