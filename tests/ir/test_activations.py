@@ -122,9 +122,9 @@ def test_from_lambda():
         activations.from_lambda(sp.Lambda(y, sp.Symbol("a") * y))
     with pytest.raises(UnrollError, match="one variable"):
         activations.from_lambda(sp.Lambda((y, sp.Symbol("z")), y))
-    assert activations.resolve(sp.Lambda(y, y)).expr == v
-    assert activations.resolve(act) is act
-    assert activations.resolve("elu", alpha=0.5).name == "elu(0.5)"
+    assert activations.from_spec(sp.Lambda(y, y)).expr == v
+    assert activations.from_spec(act) is act
+    assert activations.from_spec("elu", alpha=0.5).name == "elu(0.5)"
 
 
 def test_constant_expression_keeps_shape_and_dtype():

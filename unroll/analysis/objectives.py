@@ -401,7 +401,7 @@ def check_activation(
     Returns five `Condition`s: continuity, φ′ ≥ 0, φ′ ≤ 1 (each checked, symbolically where
     SymPy finds the extremes of φ′, else on a grid), and the two assumptions on W.
     """
-    act = activations.resolve(activation, **params)
+    act = activations.from_spec(activation, **params)
     return _analysis(act.expr)[2]
 
 
@@ -861,7 +861,7 @@ def objective(activation: str | Activation | sp.Lambda, **params: object) -> Obj
     proximal map (decreasing somewhere, or slope above 1: then it proposes φ/L), naming the
     condition and the point. Results are cached per activation expression.
     """
-    act = activations.resolve(activation, **params)
+    act = activations.from_spec(activation, **params)
     G, conds = _build(act.name, act.expr)
     return Objective(
         act,

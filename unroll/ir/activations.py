@@ -8,7 +8,7 @@ eager torch function of an activation is the lowering's business
     get("leaky_relu(0.1)")         # a family, parameter in the name ...
     get("leaky_relu", a=0.1)       # ... or as a keyword
     from_lambda(sp.Lambda(x, 2 * sp.tanh(x)))   # any one-variable SymPy Lambda
-    resolve(spec)                  # any of the above (str | Activation | Lambda) -> Activation
+    from_spec(spec)                # any of the above (str | Activation | Lambda) -> Activation
 
 Names are parsed with one small regex (name, optional number in parentheses); the text is never
 evaluated. Parameters are kept exact (``sp.Rational``) so that derived facts stay exact.
@@ -208,7 +208,7 @@ def from_lambda(lam: sp.Lambda, name: str | None = None) -> Activation:
     return Activation(name or sp.sstr(expr), expr)
 
 
-def resolve(spec: str | Activation | sp.Lambda, **params: object) -> Activation:
+def from_spec(spec: str | Activation | sp.Lambda, **params: object) -> Activation:
     """``spec`` as an `Activation`: a name (see `get`), a SymPy ``Lambda``, or one already."""
     if isinstance(spec, Activation):
         if params:
