@@ -77,10 +77,8 @@ def test_no_text_of_the_users_reaches_the_source():
     assert "pwned" not in source and "import os" not in source
     tree = ast.parse(source)
     kinds = [type(node).__name__ for node in tree.body]
-    assert (
-        kinds
-        == ["Expr", "Import", "ImportFrom", "Assign", "Assign", "Assign"] + ["FunctionDef"] * 3
-    )
+    # HISTORY, PARAMETERS, OPERATORS, FRESH; step, step_numbers, step_into, outputs
+    assert kinds == ["Expr", "Import", "ImportFrom"] + ["Assign"] * 4 + ["FunctionDef"] * 4
 
 
 def test_run_takes_the_in_place_step_only_for_plain_numbers():
@@ -110,3 +108,77 @@ def test_every_symbol_of_the_ir_is_an_identifier_in_the_source():
     names = {c.name for c in ir.parameters}
     assert "lambda" not in names and all(n.isidentifier() for n in names)
     assert sp.Symbol("mask") not in {c.ref for c in ir.parameters} or "mask_v" in names
+
+
+@pytest.mark.parametrize("name", EXPLICIT)
+def test_the_step_into_dropped_memory_is_the_plain_step(name):
+    """step_into writes a state's new value where its dropped value was: the same numbers as
+    the plain step, computed on copies."""
+    ir = build(unroll.schemes[name])
+    program = eager_step(ir)
+    g = torch.Generator().manual_seed(0)
+    history, params, ops = _inputs(ir, g)
+    t = torch.tensor(0.7, dtype=torch.float64)
+    want = program.step(tuple(h.clone() for h in history), params, t, 3, ops)
+    spares = tuple(
+        None if h.dim() == 0 else history[i]
+        for i, h in zip(program.lasts, (history[i] for i in program.lasts), strict=True)
+    )
+    got = program.step_into(history, params, t, 3, ops, None, spares)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-14, atol=1e-14)  # the same sums, reassociated
+
+
+def _heavy_ball(x0, steps, **kw):
+    c = torch.linspace(-1, 1, x0.numel(), dtype=x0.dtype)
+    return unroll.schemes["heavy_ball"].run(x0, steps, grad=lambda x: x - c, α=0.1, β=0.9, **kw)
+
+
+def test_run_reuses_the_memory_of_dropped_states_and_only_its_own(monkeypatch):
+    from unroll.lowering.eager import program as program_module
+
+    handed = []
+    original = program_module.eager_step
+
+    def spy(ir):
+        p = original(ir)
+        step_into = p.step_into
+
+        def recording(*args):
+            handed.append(sum(s is not None for s in args[-1]))
+            return step_into(*args)
+
+        return type(p)(**{**p.__dict__, "step_into": recording})
+
+    monkeypatch.setattr("unroll.lowering.eager.run.eager_step", spy)
+    x0 = torch.randn(1000, dtype=torch.float64)
+    keep = x0.clone()
+    x = _heavy_ball(x0, 20)
+    assert torch.equal(x0, keep)  # the caller's x0 is never written
+    assert sum(handed) >= 15  # after the first steps, every step writes into dropped memory
+    # the same iterates as the plain functional loop
+    c = torch.linspace(-1, 1, 1000, dtype=torch.float64)
+    xk, xp = x0, x0
+    for _ in range(20):
+        xk, xp = xk + 0.9 * (xk - xp) - 0.1 * (xk - c), xk
+    torch.testing.assert_close(x, xk, rtol=0, atol=1e-13)
+
+
+def test_values_someone_else_holds_are_never_overwritten():
+    x0 = torch.randn(50, dtype=torch.float64)
+    path = _heavy_ball(x0, 12, trajectory=True)  # the trajectory holds every state
+    seen, copies = [], []
+    c = torch.linspace(-1, 1, 50, dtype=torch.float64)
+
+    def grad(x):  # an operator that keeps its inputs
+        seen.append(x)
+        copies.append(x.clone())
+        return x - c
+
+    unroll.schemes["heavy_ball"].run(x0, 12, grad=grad, α=0.1, β=0.9)
+    for kept, copy in zip(seen, copies, strict=True):
+        assert torch.equal(kept, copy)  # none was overwritten by a later step
+    xk, xp = x0, x0
+    for k in range(12):
+        xk, xp = xk + 0.9 * (xk - xp) - 0.1 * (xk - c), xk
+        torch.testing.assert_close(path[k + 1], xk, rtol=0, atol=1e-13)

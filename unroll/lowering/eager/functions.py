@@ -34,3 +34,16 @@ def cos(a):
 
 def tanh(a):
     return torch.tanh(a) if isinstance(a, torch.Tensor) else math.tanh(a)
+
+
+def unshared(buffer, outputs):
+    """``buffer`` when none of the operator ``outputs`` lives in its memory, else None (a fresh
+    tensor is then allocated): an output read after the buffer is first written must not see
+    the new values."""
+    if buffer is None:
+        return None
+    ptr = buffer.untyped_storage().data_ptr()
+    for o in outputs:
+        if isinstance(o, torch.Tensor) and o.untyped_storage().data_ptr() == ptr:
+            return None
+    return buffer

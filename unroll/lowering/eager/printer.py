@@ -136,9 +136,12 @@ class _Emitter:
                 if self.printer._is_tensor(self.temps[sym]):
                     self.printer.tensors.add(sym)
 
-    def assign(self, name: str, expr: sp.Expr) -> None:
+    def assign(self, name: str, expr: sp.Expr, into: tuple[str, sp.Symbol] | None = None) -> None:
+        """``name = expr``; with ``into`` = (buffer, old), a sum is computed in the memory of the
+        tensor ``buffer`` holds (None: a fresh one), which is the value of the symbol ``old``:
+        ``old`` is read before the buffer is first written, never after."""
         self.need(expr)
-        self._emit(name, expr)
+        self._emit(name, expr, into)
 
     def value(self, expr: sp.Expr) -> str:
         """``expr`` as a name or an expression to pass on (sums computed first when fusing)."""
@@ -153,30 +156,41 @@ class _Emitter:
         self.count += 1
         return f"_s{self.count}"
 
-    def _emit(self, name: str, expr: sp.Expr) -> None:
+    def _emit(self, name: str, expr: sp.Expr, into: tuple[str, sp.Symbol] | None = None) -> None:
         terms = _terms(expr, self.printer.tensors) if self.fuse else None
         if terms is None:
             self.lines.append(f"{name} = {self.printer.doprint(expr)}")
             return
         c0, parts = terms
         show = self.printer.doprint
-        named = []
-        for c, t in parts:
-            if isinstance(t, sp.Symbol):
-                named.append((c, t.name))
-            else:
-                sub = self._fresh()
-                self._emit(sub, t)
-                named.append((c, sub))
-        one = next((i for i, (c, _) in enumerate(named) if c == 1), None)
+        one = next((i for i, (c, _) in enumerate(parts) if c == 1), None)
         if one is not None:  # start from a term of coefficient 1: no multiplication
-            named = [named[one], *named[:one], *named[one + 1 :]]
+            parts = [parts[one], *parts[:one], *parts[one + 1 :]]
+        first = parts[:2] if parts[0][0] == 1 else parts[:1]  # the terms the first call reads
+        if into is not None and any(into[1] in t.free_symbols for _, t in parts[len(first) :]):
+            into = None  # the old value is read after the first write: a fresh tensor then
+        # Sums inside the terms, computed first; the one the first call reads may share the
+        # buffer (the first call reads it and writes the sum there, element by element).
+        inner = [i for i, (_, t) in enumerate(parts) if not isinstance(t, sp.Symbol)]
+        shared = next((i for i in inner if i < len(first)), None) if into else None
+        if shared is not None and any(
+            into[1] in t.free_symbols for j, (_, t) in enumerate(first) if j != shared
+        ):
+            shared = None  # the first call reads the old value beside it: write only the sum
+        named: list[tuple[sp.Expr, str]] = [
+            (c, t.name if isinstance(t, sp.Symbol) else "") for c, t in parts
+        ]
+        for i in [*(i for i in inner if i != shared), *([shared] if shared is not None else [])]:
+            sub = self._fresh()
+            self._emit(sub, parts[i][1], into if i == shared else None)
+            named[i] = (parts[i][0], sub)
+        out = f", out={into[0]}" if into else ""
         (c1, t1), rest = named[0], named[1:]
         if c1 != 1:
-            self.lines.append(f"{name} = torch.mul({t1}, {show(c1)})")
+            self.lines.append(f"{name} = torch.mul({t1}, {show(c1)}{out})")
         elif rest:
             (c2, t2), rest = rest[0], rest[1:]
-            self.lines.append(f"{name} = {_combine('torch', t1, t2, c2, show)}")
+            self.lines.append(f"{name} = {_combine('torch', t1, t2, c2, show, out=out)}")
         else:  # one tensor plus a number
             self.lines.append(f"{name} = {show(sp.Symbol(t1, real=True) + c0)}")
             return
@@ -186,13 +200,16 @@ class _Emitter:
             self.lines.append(f"{name}.add_({show(c0)})")
 
 
-def _combine(on: str, a: str | None, b: str, c: sp.Expr, show, inplace: bool = False) -> str:
-    """``a + c·b`` as one call: torch.add/sub(a, b[, alpha=c]), or on.add_/sub_(b[, alpha=c])."""
+def _combine(
+    on: str, a: str | None, b: str, c: sp.Expr, show, inplace: bool = False, out: str = ""
+) -> str:
+    """``a + c·b`` as one call: torch.add/sub(a, b[, alpha=c][, out=...]), or
+    on.add_/sub_(b[, alpha=c])."""
     op, c = ("sub", -c) if c.could_extract_minus_sign() else ("add", c)
     alpha = "" if c == 1 else f", alpha={show(c)}"
     if inplace:
         return f"{on}.{op}_({b}{alpha})"
-    return f"{on}.{op}({a}, {b}{alpha})"
+    return f"{on}.{op}({a}, {b}{alpha}{out})"
 
 
 def _split(term: sp.Expr, tensors: set[sp.Symbol]) -> tuple[sp.Expr, sp.Expr]:
@@ -223,9 +240,13 @@ def _unpack(names: list[str], source: str) -> str:
     return f"{', '.join(names)} = {source}"
 
 
-def _body(ir: StepIR, fuse: bool) -> tuple[list[str], list[str], list[str]]:
-    """The lines of one step: (all of them, those up to the operator outputs, and the names of
-    the host values and outputs that a fused update reads)."""
+def _body(
+    ir: StepIR, fuse: bool, into: bool = False
+) -> tuple[list[str], list[str], list[str], list[bool]]:
+    """The lines of one step: (all of them, those up to the operator outputs, the names of the
+    host values and outputs that a fused update reads, and per state whether its new value is a
+    tensor of its own). With ``into``, a state's new value may be computed in the memory of its
+    oldest value, the one the step drops (``_b<i>``, when the caller hands it over)."""
     branch_gain = ir.layer and any(c.kind == "branch" for c in ir.calls)
     tensors = {h.symbol for h in ir.history} | {c.symbol for c in ir.calls}
     tensors |= {a.symbol for a in ir.host}
@@ -270,9 +291,51 @@ def _body(ir: StepIR, fuse: bool) -> tuple[list[str], list[str], list[str]]:
     read += [
         scaled[c.symbol].name if branch_gain and c.symbol in scaled else c.name for c in ir.calls
     ]
-    for u in ir.updates:
-        body.assign(u.name, next(reduced_iter))
-    return body.lines, prologue, read
+    remaining = list(reduced_iter)
+    closure = dict(temps)
+    fresh = {}
+    for i, u in enumerate(ir.updates):
+        expr = remaining[i]
+        target = None
+        if into and u.state is not None:
+            index = next(j for j, s in enumerate(ir.states) if s.name == u.state)
+            state = ir.states[index]
+            old = state.history[-1].symbol  # the value this step drops
+            later = set().union(*(_reads(e, closure) for e in remaining[i + 1 :]))
+            if not state.scalar and old not in later:
+                target = (f"_b{index}", old)
+        fresh[u.state] = fuse and _terms(expr, printer.tensors) is not None
+        body.assign(u.name, expr, target)
+    owned = [bool(fresh.get(s.name)) and not s.scalar for s in ir.states]
+    return body.lines, prologue, read, owned
+
+
+def _guarded(lines: list[str], ir: StepIR) -> list[str]:
+    """``lines`` with, right after the last operator call, every buffer checked against the
+    calls' outputs (`unroll.lowering.eager.functions.unshared`): an output that views a
+    buffer's memory otherwise would be overwritten while it is read."""
+    outputs = [c.name for c in ir.calls]
+    if not outputs:
+        return lines
+    last = max(
+        i for i, line in enumerate(lines) if any(line.startswith(f"{o} = ") for o in outputs)
+    )
+    check = [f"_b{i} = _fn.unshared(_b{i}, ({', '.join(outputs)},))" for i in range(len(ir.states))]
+    return lines[: last + 1] + check + lines[last + 1 :]
+
+
+def _reads(expr: sp.Expr, temps: dict) -> set[sp.Symbol]:
+    """The symbols ``expr`` reads, through the CSE temporaries it uses."""
+    out: set[sp.Symbol] = set()
+    todo = list(expr.free_symbols)
+    while todo:
+        sym = todo.pop()
+        if sym in out:
+            continue
+        out.add(sym)
+        if sym in temps:
+            todo += list(temps[sym].free_symbols)
+    return out
 
 
 def module_source(ir: StepIR) -> str:
@@ -283,8 +346,9 @@ def module_source(ir: StepIR) -> str:
             "running implicit schemes is not supported yet"
         )
     operators = _operator_names(ir)
-    lines, prologue, read = _body(ir, fuse=False)
-    numbers, _, _ = _body(ir, fuse=True)
+    lines, prologue, read, _ = _body(ir, fuse=False)
+    numbers, _, _, _ = _body(ir, fuse=True)
+    into, _, _, owned = _body(ir, fuse=True, into=True)
 
     new = {a.state: a.name for a in (*ir.host, *ir.updates) if a.state is not None}
     history = []
@@ -304,8 +368,9 @@ def module_source(ir: StepIR) -> str:
     doc += [a_text(u) for u in ir.updates]
     signature = f"(_h, _c, {time}, {index_name}, _ops, _gain=None):\n"
 
-    def function(name: str, doc: str, body: list[str]) -> str:
-        return f'def {name}{signature}    """{doc}"""\n' + "".join(f"    {line}\n" for line in body)
+    def function(name: str, doc: str, body: list[str], spare: bool = False) -> str:
+        sig = signature.replace("_gain=None)", "_gain=None, _spare=())") if spare else signature
+        return f'def {name}{sig}    """{doc}"""\n' + "".join(f"    {line}\n" for line in body)
 
     return (
         f"# unroll eager step: generated by unroll {__version__} (template {TEMPLATE_VERSION}), "
@@ -317,7 +382,8 @@ def module_source(ir: StepIR) -> str:
         "from unroll.lowering.eager import functions as _fn\n\n"
         f"HISTORY = {tuple(h.name for h in ir.history)!r}\n"
         f"PARAMETERS = {tuple(params)!r}\n"
-        f"OPERATORS = {operators!r}\n\n\n"
+        f"OPERATORS = {operators!r}\n"
+        f"FRESH = {tuple(owned)!r}  # per state: its new value is a tensor of its own\n\n\n"
         + function(
             "step",
             "The next history (HISTORY's layout) from this one, the parameters (PARAMETERS),\n"
@@ -331,6 +397,19 @@ def module_source(ir: StepIR) -> str:
             "`step` for parameters that are Python numbers: linear combinations accumulate in\n"
             "    place in one fresh tensor each.",
             head + numbers + back,
+        )
+        + "\n\n"
+        + function(
+            "step_into",
+            "`step_numbers` that may compute a state's new value in the memory of the value\n"
+            "    the step drops, handed over in ``_spare`` (one per state, None for none): the\n"
+            "    caller gives only tensors it owns that nothing else holds. FRESH says which\n"
+            "    states' new values are tensors of their own.",
+            head
+            + [_unpack([f"_b{i}" for i in range(len(ir.states))], "_spare")]
+            + _guarded(into, ir)
+            + back,
+            spare=True,
         )
         + "\n\n"
         + function(

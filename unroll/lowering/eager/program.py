@@ -32,6 +32,7 @@ class EagerStep:
     ir: StepIR
     step: Callable[..., tuple]
     step_numbers: Callable[..., tuple]  # `step` for parameters that are Python numbers
+    step_into: Callable[..., tuple]  # `step_numbers` reusing the memory of dropped values
     outputs: Callable[..., tuple]  # host values, then operator outputs: what a fused update reads
     history: tuple[str, ...]
     parameters: tuple[str, ...]
@@ -39,6 +40,8 @@ class EagerStep:
     source: str
     states: tuple[str, ...]  # the state names, in the IR's order
     firsts: tuple[int, ...]  # where each state's newest value sits in the history
+    lasts: tuple[int, ...]  # where each state's oldest value (the one a step drops) sits
+    fresh: tuple[bool, ...]  # per state: its new value is always a tensor of its own
 
     def newest(self, history: Sequence[Any]) -> dict[str, Any]:
         """Each state's newest value in ``history`` (this step's layout)."""
@@ -68,6 +71,7 @@ def eager_step(ir: StepIR) -> EagerStep:
         ir=ir,
         step=module.step,
         step_numbers=module.step_numbers,
+        step_into=module.step_into,
         outputs=module.outputs,
         history=module.HISTORY,
         parameters=module.PARAMETERS,
@@ -75,6 +79,8 @@ def eager_step(ir: StepIR) -> EagerStep:
         source=text,
         states=tuple(s.name for s in ir.states),
         firsts=_firsts(ir),
+        lasts=tuple(f + len(s.history) - 1 for f, s in zip(_firsts(ir), ir.states, strict=True)),
+        fresh=module.FRESH,
     )
 
 

@@ -7,6 +7,7 @@ the flat history (each state's values newest first, as many as the scheme reads)
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -135,20 +136,60 @@ def _numbers(values: tuple) -> tuple | None:
 
 
 def _stepper(program: EagerStep, coefficients: tuple) -> tuple[Callable, tuple]:
-    """The step function for these coefficients and the coefficients it takes: the one that
-    accumulates linear combinations in place when they are all plain numbers."""
+    """The step function for these coefficients and the coefficients it takes: when they are
+    all plain numbers, the one that accumulates sums in place, in the memory of the values the
+    step drops where that is safe (`_Recycler`)."""
     numbers = _numbers(coefficients)
     if numbers is None:
         return program.step, coefficients
-    fast = program.step_numbers
+    recycler = _Recycler(program)
+    mode: list[Callable | None] = [None]
 
     def step(history, c, t, k, ops, gain=None):
-        try:
-            return fast(history, c, t, k, ops, gain)
-        except RuntimeError:  # e.g. an operator output of a wider dtype than the state:
-            return program.step(history, c, t, k, ops, gain)  # the plain step promotes it
+        if mode[0] is None:  # the first step decides: in place, or the plain step throughout
+            try:
+                new = program.step_numbers(history, c, t, k, ops, gain)
+                mode[0] = program.step_into
+            except RuntimeError:  # e.g. an operator output wider than the state (float64
+                mode[0] = program.step  # into float32): the plain step promotes it
+                return program.step(history, c, t, k, ops, gain)
+            recycler.took(history, new)
+            return new
+        if mode[0] is program.step:
+            return program.step(history, c, t, k, ops, gain)
+        new = program.step_into(history, c, t, k, ops, gain, recycler.spares(history))
+        recycler.took(history, new)
+        return new
 
     return step, numbers
+
+
+class _Recycler:
+    """Which dropped values a step may overwrite: a state's oldest value that an earlier step
+    made as a tensor of its own (never the caller's x0, nor an operator's output), that needs no
+    gradient, and that nothing but the history holds (its reference count says so: a
+    trajectory, or an operator that kept its input, keeps it)."""
+
+    HELD = 3  # the history tuple, the local name and getrefcount's own argument
+
+    def __init__(self, program: EagerStep):
+        self.program = program
+        self.owned: set[int] = set()
+
+    def spares(self, history: tuple) -> tuple:
+        out = []
+        for last in self.program.lasts:
+            t = history[last]
+            ok = id(t) in self.owned and not t.requires_grad
+            out.append(t if ok and sys.getrefcount(t) <= self.HELD else None)
+        return tuple(out)
+
+    def took(self, old: tuple, new: tuple) -> None:
+        for last in self.program.lasts:
+            self.owned.discard(id(old[last]))
+        for first, fresh in zip(self.program.firsts, self.program.fresh, strict=True):
+            if fresh and isinstance(new[first], torch.Tensor) and not new[first].requires_grad:
+                self.owned.add(id(new[first]))
 
 
 class Stepper:
