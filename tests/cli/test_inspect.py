@@ -111,7 +111,11 @@ def test_modified_equation_is_shown_in_the_standard_form():
     assert "modified equation: dx/dt = f - f'f*h/2 + O(h**2)" in r.output
     r = invoke("lm_resnet")  # a multistep scheme also shows the form of Lu et al.
     assert "modified equation: du/dt = f/(κ + 1)" in r.output
-    assert "modified equation, form of Lu et al.: (κ + 1)*Derivative(u(t), t)" in r.output
+    # (1 + κ)u' + (1 − κ)(h/2)u'' + O(h²) = f, written with primes as the paper writes it
+    lu = "modified equation, form of Lu et al.: u'*(κ + 1) - h*u''*(κ - 1)/2 + h**2*u'''*(κ + 1)/6"
+    assert lu in r.output and "+ O(h**3) = f(u)" in r.output
+    r = invoke("ab2")  # f at earlier points expands in f'(x) and f''(x) at the state
+    assert "= f'(x)*h*x'/2 - h**2*(f''(x)*x'**2 + f'(x)*x'')/4 + f(x)" in r.output
 
 
 def test_inspect_says_how_stably_the_step_runs_backwards():

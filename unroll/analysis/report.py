@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import sympy as sp
+from sympy.core.function import AppliedUndef
 
 from unroll.analysis import rates, stability
 from unroll.analysis.identification import identify
@@ -178,9 +179,42 @@ def _ode_facts(scheme, out: dict, notes: dict) -> None:
         notes["modified_equation"] = err
     if step is not None and (step.depth > 1 or eq is None):
         eq, err = _try(truncation_equation, scheme, 2)
-        out["truncation_equation"] = None if eq is None else f"{_text(eq.lhs)} = {_text(eq.rhs)}"
+        out["truncation_equation"] = None if eq is None else _truncation_text(eq)
         if err:
             notes["truncation_equation"] = err
+
+
+def _truncation_text(eq: sp.Eq) -> str:
+    """``u'*(κ + 1) - h*u''*(κ - 1)/2 + ... = f(u)``: u(t), f and their derivatives written with
+    primes, the notation of the papers, instead of SymPy's ``Derivative(u(t), (t, 2))``."""
+
+    # the states u(t) (the left-hand side holds them and their t-derivatives only)
+    states = {fn: sp.Symbol(fn.func.__name__) for fn in eq.lhs.atoms(AppliedUndef)}
+
+    def prime(d: sp.Derivative, at: sp.Expr) -> sp.Symbol:
+        point = _text(at.xreplace(states))
+        return sp.Symbol(f"{d.expr.func.__name__}{chr(39) * d.derivative_count}({point})")
+
+    # f's derivatives at a point, f''(x(t)) or f'(c_3*x(t)): in multistep forms' right-hand sides
+    at_points = {
+        s: prime(s.expr, s.point[0])
+        for s in eq.atoms(sp.Subs)
+        if isinstance(s.expr, sp.Derivative) and isinstance(s.expr.expr, AppliedUndef)
+    }
+    at_states = {
+        d: prime(d, d.expr.args[0])
+        for d in eq.atoms(sp.Derivative)
+        if isinstance(d.expr, AppliedUndef)
+        and d.variables[0] in d.expr.args
+        and not d.expr.args[0].is_Symbol
+    }
+    derivatives = {
+        d: sp.Symbol(states[d.expr].name + "'" * d.derivative_count)
+        for d in eq.atoms(sp.Derivative)
+        if d.expr in states
+    }
+    plain = eq.xreplace(at_points).xreplace(at_states).xreplace(derivatives).xreplace(states)
+    return f"{_text(plain.lhs)} = {_text(plain.rhs)}"
 
 
 def _rate_facts(scheme, mu: float, L: float, out: dict, notes: dict) -> None:
