@@ -215,17 +215,17 @@ class _Inversion:
                 u = next(u for u in self.oldest if u not in done)
                 needs = sorted(
                     (
-                        s
+                        expr_text(self.ir.scheme_form(s))
                         for s in self.solution[u].free_symbols
                         if s in self.calls and s not in ready
                     ),
-                    key=lambda s: s.name,
+                    key=len,
                 )
+                more = f" (and {len(needs) - 1} more)" if len(needs) > 1 else ""
+                oldest = expr_text(self.ir.scheme_form(u))
                 raise UnrollError(
-                    f"scheme {self.label!r}: its inverse is implicit: "
-                    f"{expr_text(self.ir.scheme_form(u))} = "
-                    f"{expr_text(self.ir.scheme_form(self.solution[u]))} needs "
-                    f"{self._names(needs)}, which depends on {expr_text(self.ir.scheme_form(u))} itself"
+                    f"scheme {self.label!r}: its inverse is implicit: solving the step for "
+                    f"{oldest} needs {needs[0]}{more}, which depends on {oldest} itself"
                 )
         return done, ready
 
