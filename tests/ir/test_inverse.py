@@ -265,9 +265,21 @@ def test_invertible_activation_is_still_refused_with_its_reason():
         inverse(scheme)
 
 
-def test_not_one_to_one_refused():
-    with pytest.raises(UnrollError, match="2 solutions"):
-        inverse(compile_scheme("x_<k+1> = x_k + x_<k-1>^2 + f(x_k)"))
+@pytest.mark.parametrize(
+    "text, found",
+    [
+        ("x_<k+1> = x_k + x_<k-1>^2 + f(x_k)", "2 closed-form solutions"),
+        # one-to-one on the reals, but SymPy's solutions are complex branches: the message says
+        # what was found, not that the step is not one-to-one
+        ("x_<k+1> = tanh(x_<k-1>) + f(x_k)", "2 closed-form solutions"),
+        ("x_<k+1> = x_<k-1>^3 + f(x_k)", "3 closed-form solutions"),
+        # SymPy has no method for it (NotImplementedError inside): an UnrollError, not a crash
+        ("x_<k+1> = 2 x_<k-1> + tanh(x_<k-1>) + f(x_k)", "no closed-form solution"),
+    ],
+)
+def test_no_single_closed_form_solution_refused(text, found):
+    with pytest.raises(UnrollError, match=rf"gives {found}( \(branches.*\))?; unroll inverts"):
+        inverse(compile_scheme(text))
 
 
 def test_scheme_reading_its_index_refused():

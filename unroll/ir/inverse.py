@@ -121,12 +121,22 @@ class _Inversion:
                 f"{self._names(unknowns)} (the Jacobian in them is singular)"
             )
         self.det = det
-        solutions = sp.solve(self.equations, unknowns, dict=True)
+        names = self._names(unknowns)
+        try:
+            solutions = sp.solve(self.equations, unknowns, dict=True)
+        except NotImplementedError:  # SymPy has no method for this equation
+            solutions = []
         if len(solutions) != 1 or set(solutions[0]) != set(unknowns):
-            many = f"{len(solutions)} solutions" if len(solutions) > 1 else "no unique solution"
+            # SymPy solves over the complex numbers: tanh and x³ give several branches even
+            # where the real step is one-to-one, so say what was found, not what the step is.
+            found = (
+                f"{len(solutions)} closed-form solutions (branches over the complex numbers)"
+                if len(solutions) > 1
+                else "no closed-form solution"
+            )
             raise UnrollError(
-                f"scheme {self.label!r}: solving the step for {self._names(unknowns)} gives "
-                f"{many}; the step is not one-to-one"
+                f"scheme {self.label!r}: solving the step for {names} gives {found}; "
+                "unroll inverts steps with exactly one, such as those linear in the oldest state"
             )
         self.solution: dict[sp.Symbol, sp.Expr] = solutions[0]
         self.order, self.ready = self._schedule()

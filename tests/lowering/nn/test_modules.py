@@ -481,6 +481,8 @@ SAVE_CASES = [
     ("lm_resnet", {"f": lambda: nn.Linear(4, 4)}),  # a bounded trainable κ, a factory lambda
     ("hb_net", {"dim": 4, "symmetric": True}),
     ("rk4", {"f": nn.Linear(4, 4), "tied": True}),
+    # a callable init, as nn.Module.apply takes: spent when built, so it need not pickle
+    ("forward_euler", {"f": lambda: nn.Linear(4, 4), "init": lambda m: nn.init.zeros_(m.bias)}),
 ]
 
 

@@ -117,3 +117,44 @@ def test_a_reversible_network_saves_and_loads(tmp_path):
     again = torch.load(tmp_path / "rev.pt", weights_only=False)
     for got, want in zip(_grads(again, x), _grads(net, x), strict=True):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+
+
+class _Pair(nn.Module):
+    """A two-state network (RevNet's X, Y) as a function of one stacked tensor."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, xy: torch.Tensor) -> torch.Tensor:
+        out = self.net({"X": xy[0], "Y": xy[1]})
+        return torch.stack([out["X"], out["Y"]])
+
+
+def _seeded_grads(net: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    torch.manual_seed(5)  # the same stochastic-depth gains in both networks
+    return _grads(net, x)
+
+
+@pytest.mark.parametrize("stochastic", ["drop", "noise"])
+@pytest.mark.parametrize("name", ["momentum_resnet", "leapfrog", "revnet"])
+def test_stochastic_depth_is_rebuilt_with_the_gains_the_forward_drew(name, stochastic):
+    # The inverse step scales the branch outputs by the forward's gain. RevNet's g reads
+    # X_k + f(Y_k) with f's output unscaled, so only the gains 0 and 1 of "drop" invert.
+    f = {"f": dense(), "g": dense()} if name == "revnet" else dense()
+    options = {"f": f, "survival": 0.5, "stochastic": stochastic}
+    if name == "revnet" and stochastic == "noise":
+        with pytest.raises(unroll.UnrollError, match=r"g\(f\(Y_k\) \+ X_k\) reads another"):
+            unroll.schemes[name].network(8, reversible=True, **options)
+        return
+    net, rev = _pair(name, 8, **options)
+    x = torch.randn(3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    if name == "revnet":
+        x = torch.stack([x, x.flip(0)])  # X and Y
+        net, rev = _Pair(net), _Pair(rev)
+    for got, want in zip(_seeded_grads(rev, x), _seeded_grads(net, x), strict=True):
+        scale = float(want.abs().max())
+        assert float((got - want).abs().max()) <= 1e-12 * max(scale, 1e-300), (got, want)
+    if name == "revnet":  # eval() with gradients on: gains p_n, which RevNet cannot invert
+        with pytest.raises(unroll.UnrollError, match="gains other than 0 and 1"):
+            rev.eval()(x).sum().backward()

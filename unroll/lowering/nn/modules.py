@@ -37,6 +37,7 @@ from unroll.analysis.identification import identify
 from unroll.analysis.inverse import inverse_amplification
 from unroll.analysis.objectives import objective
 from unroll.errors import UnrollError
+from unroll.frontend.printing import expr_text
 from unroll.frontend.scheme import STEP_NAMES, Scheme, canonical_params
 from unroll.ir import activations
 from unroll.ir.inverse import inverse
@@ -217,9 +218,14 @@ class Options:
         return self.dim if self.dim is not None else self.channels
 
     def kept(self) -> Options:
-        """What a built module keeps: the modules' factories and initial values are spent
-        (and a factory may be a lambda, which would not pickle)."""
-        return replace(self, f=None, params={})
+        """What a built module keeps: the modules' factories, initial values and a callable
+        init are spent (and each may be a lambda, which would not pickle). A spent callable
+        init is kept as its name, which only says what drew the weights."""
+        kept = replace(self, f=None, params={})
+        if callable(self.init):
+            name = getattr(self.init, "__qualname__", type(self.init).__name__)
+            object.__setattr__(kept, "init", f"callable {name} (applied when built)")
+        return kept
 
 
 # -- coefficients ------------------------------------------------------------------------------
@@ -720,6 +726,8 @@ class Network(nn.Module):
         self._linear = next((c.op for c in self.ir.calls if c.kind == "linear"), None)
         if opts.reversible:
             self._reversible = Reversal(self.ir)  # refuses a scheme without an inverse, here
+            if opts.survival is not None and opts.stochastic == "noise":
+                self._reversible.check_gains(exact=False)
 
     def survival(self, n: int) -> float:
         """p_n of block n (0-based): 1 − ((n + 1)/L)(1 − p_L), so the last block has p_L."""
@@ -889,6 +897,22 @@ class Reversal:
     def __getstate__(self) -> dict:
         return {"forward": self.forward}  # the printed inverse is resolved again on loading
 
+    def check_gains(self, exact: bool) -> None:
+        """Stochastic depth scales the branch outputs the updates read, but not those a later
+        call reads in its argument (RevNet's g(X_k + f(Y_k))). The inverse then rebuilds the
+        input exactly only for the gains 0 and 1 (``exact``): those of stochastic="drop" in
+        training. Any other gain is refused, rather than rebuilt wrongly."""
+        calls = {c.symbol for c in self.forward.calls}
+        nested = [c for c in self.forward.calls if c.arg.free_symbols & calls]
+        if nested and not exact:
+            raise UnrollError(
+                f"reversible=True: {self.forward.label!r} with stochastic depth: "
+                f"{nested[0].op}({expr_text(self.forward.scheme_form(nested[0].arg))}) reads "
+                "another branch's output unscaled, so the step "
+                "cannot be inverted for gains other than 0 and 1: use stochastic='drop' "
+                "(its training gains are 0 and 1), or reversible=False"
+            )
+
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["forward"])
 
@@ -899,12 +923,16 @@ class Reversal:
             out += flat[at : at + d][::-1]
         return tuple(out)
 
-    def step_back(self, block: Block, n: int, flat: tuple, c: tuple) -> tuple:
+    def step_back(
+        self, block: Block, n: int, flat: tuple, c: tuple, gain: torch.Tensor | None = None
+    ) -> tuple:
         """The history before layer ``n`` from the history after it (the inverse scheme runs
-        on each state's history reversed, at time −t_n)."""
+        on each state's history reversed, at time −t_n). ``gain``: the stochastic-depth factor
+        the forward step drew for layer ``n``; it scales the same branch outputs here."""
         params = tuple(c[i] for i in self.take)
         t = -n * c[self.h] if self.h is not None else -n
-        new = self.program.step(self._reversed(flat), params, t, -n, block._ops(self.program))
+        ops = block._ops(self.program)
+        new = self.program.step(self._reversed(flat), params, t, -n, ops, gain)
         oldest = [new[i] for i in self.oldest]  # the values before the window, forward order
         out, at = [], 0
         for d, value in zip(self.slots, oldest, strict=True):
@@ -924,7 +952,10 @@ class Reversal:
             return block(n).step(h, n, gains[n], values[n], boot=n < net.boot_steps, fused=fused)
 
         def back(n: int, h: tuple) -> tuple:
-            return self.step_back(block(n), n, h, values[n])
+            return self.step_back(block(n), n, h, values[n], gains[n])
+
+        if gains[-1] is not None:  # eval() with gradients on: the gains are the p_n
+            self.check_gains(exact=net.training and net.options.stochastic == "drop")
 
         seen: dict[int, torch.Tensor] = {}
         for b in blocks:
