@@ -129,6 +129,23 @@ def test_staged_passes_every_option_and_checks_its_own():
         unroll.nn.staged(
             unroll.schemes["lm_resnet"], [(4, 2)], in_channels=3, num_classes=5, channels=4
         )
+    with pytest.raises(unroll.UnrollError, match=r"factory of the width, called f\(4\)"):
+        lm = unroll.schemes["lm_resnet"]
+        unroll.nn.staged(lm, [(4, 2)], in_channels=3, num_classes=5, f=lambda: nn.Identity())
+    with pytest.raises(unroll.UnrollError, match=r"built with in_channels=3: give \(batch, 3,"):
+        cnn(torch.randn(2, 1, 8, 8))
+
+
+def test_a_stem_needs_a_scheme_that_starts_from_one_tensor():
+    # RevNet starts from X and Y: a stem's one tensor cannot start it, so it is refused when
+    # built, not at the first forward (momentum's v starts at 0: one tensor starts it)
+    revnet, f = unroll.schemes["revnet"], {"f": nn.Linear(8, 8), "g": nn.Linear(8, 8)}
+    with pytest.raises(unroll.UnrollError, match=r"'revnet' starts from 2 states \(X, Y\)"):
+        revnet.network(4, dim=8, in_dim=5, out_dim=3, f=f)
+    with pytest.raises(unroll.UnrollError, match=r"'revnet' starts from 2 states \(X, Y\)"):
+        unroll.nn.staged(revnet, [(8, 2)], in_channels=3, num_classes=4)
+    net = unroll.schemes["momentum_resnet"].network(2, dim=8, in_dim=5, out_dim=3, f=nn.Identity())
+    assert net(torch.randn(2, 5)).shape == (2, 3)
 
 
 # -- one network step --------------------------------------------------------------------------------
@@ -225,3 +242,26 @@ def test_zeros_init_zeroes_the_normalisation_after_the_last_conv_and_refuses_a_d
     dead = lambda: nn.Sequential(nn.Linear(8, 8), nn.ReLU())  # noqa: E731
     with pytest.raises(unroll.UnrollError, match="ends in ReLU.*slope 0 at 0"):
         unroll.schemes["forward_euler"].network(2, f=dead, init="zeros")
+
+
+class _ReluInForward(nn.Module):
+    """A branch whose ReLU after the last layer is in forward(), where no Sequential shows it."""
+
+    def __init__(self, width: int = 8, act=torch.relu):
+        super().__init__()
+        self.layer, self.act = nn.Linear(width, width), act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.layer(x))
+
+
+def test_zeros_init_refuses_a_dead_branch_found_only_by_running_it():
+    fe = unroll.schemes["forward_euler"]
+    for options in ({"dim": 8}, {}):  # the width from dim=, or from the branch's first Linear
+        with pytest.raises(unroll.UnrollError, match="branch f gets no gradient in the layer"):
+            fe.network(2, f=_ReluInForward, init="zeros", **options)
+    net = fe.network(2, f=lambda: _ReluInForward(act=torch.tanh), init="zeros", dim=8)  # trains
+    x = torch.randn(3, 8)
+    assert torch.equal(net(x), x)
+    net(x).square().sum().backward()
+    assert net.blocks[0].operators["f"].layer.weight.grad.abs().sum() > 0

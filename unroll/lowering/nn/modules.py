@@ -24,6 +24,8 @@ torch.compile), ``torch.save``/``copy.deepcopy``-able, state dicts keyed by ASCI
 
 from __future__ import annotations
 
+import copy
+import inspect
 import itertools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -721,8 +723,14 @@ class Network(nn.Module):
             raise UnrollError(
                 "stochastic depth scales residual branches: it needs an ODE scheme with f(x)"
             )
-        _initialise(self.blocks, opts.init, self.ir)
+        _initialise(self.blocks, opts.init, self.ir, _state_shape(opts))
         self.stem, self.head = _stem(opts), _head(opts)
+        if self.stem is not None:
+            _one_tensor_start(
+                self.form,
+                "the stem (in_dim=/in_channels=) gives",
+                "build the network without one and pass x0 as a mapping of those states",
+            )
         self._linear = next((c.op for c in self.ir.calls if c.kind == "linear"), None)
         if opts.reversible:
             self._reversible = Reversal(self.ir)  # refuses a scheme without an inverse, here
@@ -1037,8 +1045,11 @@ def _weight(module: nn.Module) -> torch.Tensor:
     )
 
 
-def _initialise(blocks: Iterable[Block], init: str | Callable, ir: StepIR) -> None:
-    """Apply ``init`` (see `Options`) to every operator module of ``blocks``, each once."""
+def _initialise(
+    blocks: Iterable[Block], init: str | Callable, ir: StepIR, shape: tuple | None = None
+) -> None:
+    """Apply ``init`` (see `Options`) to every operator module of ``blocks``, each once.
+    ``shape``: a state's shape, to probe that a zeroed branch still trains."""
     if init == "default":
         return
     seen: set[int] = set()
@@ -1061,6 +1072,7 @@ def _initialise(blocks: Iterable[Block], init: str | Callable, ir: StepIR) -> No
             )
         for name, module in branches:
             _zero_last(name, module)
+            _check_trains(name, module, shape or _input_shape(module))
         return
     fill = {
         "kaiming": lambda w: nn.init.kaiming_normal_(w, nonlinearity="relu"),
@@ -1078,6 +1090,42 @@ def _initialise(blocks: Iterable[Block], init: str | Callable, ir: StepIR) -> No
 
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)
 _FLAT_AT_ZERO = (nn.ReLU, nn.ReLU6)  # slope 0 at 0 in PyTorch: a zeroed input never trains
+
+
+def _input_shape(branch: nn.Module) -> tuple | None:
+    """A small input for ``branch`` read from its first Linear or Conv2d (None if it has neither)."""
+    first = next((m for m in branch.modules() if isinstance(m, (nn.Linear, nn.Conv2d))), None)
+    if isinstance(first, nn.Linear):
+        return (2, first.in_features)
+    return None if first is None else (2, first.in_channels, 6, 6)
+
+
+def _check_trains(name: str, branch: nn.Module, shape: tuple | None) -> None:
+    """After init='zeros': refuse a branch whose zeroed parameters get no gradient, as a
+    ReLU after the zeroed layer gives (slope 0 at 0), wherever it is written: a Sequential's
+    tail is read by `_zero_last`, a module's own forward only by running it. The probe runs on
+    a copy, so running statistics are untouched."""
+    probe = copy.deepcopy(branch).train()
+    zeroed = [p for p in probe.parameters() if p.requires_grad and not p.detach().any()]
+    first = next(iter(probe.parameters()), None)
+    if not zeroed or first is None or shape is None:
+        return
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=g).to(first.dtype)
+    try:
+        out = probe(x)
+    except Exception:  # noqa: BLE001 - a branch that cannot take a state fails at forward
+        return
+    if not isinstance(out, torch.Tensor) or not out.requires_grad:
+        return
+    w = torch.randn(out.shape, generator=g).to(out.dtype)
+    grads = torch.autograd.grad((out * w).sum(), zeroed, allow_unused=True)
+    if all(gr is None or not gr.any() for gr in grads):
+        raise UnrollError(
+            f"init='zeros': the branch {name} gets no gradient in the layer it zeroes (a ReLU "
+            "or another function flat at 0 after it?), so that layer would never train; "
+            "use another init, or end the branch in a layer that can start at zero"
+        )
 
 
 def _zero_last(name: str, branch: nn.Module) -> None:
@@ -1108,6 +1156,15 @@ def _zero_last(name: str, branch: nn.Module) -> None:
                 last.bias.zero_()
 
 
+def _state_shape(opts: Options) -> tuple | None:
+    """A small batch of states of the width the network is built for (None when not given)."""
+    if opts.dim is not None:
+        return (2, opts.dim)
+    if opts.channels is not None:
+        return (2, opts.channels, 6, 6)
+    return None
+
+
 def _stem(opts: Options) -> nn.Module | None:
     if opts.in_dim is not None:
         return nn.Linear(opts.in_dim, opts.dim)
@@ -1136,6 +1193,19 @@ def conv_stem(in_channels: int, channels: int) -> nn.Module:
 def conv_head(channels: int, num_classes: int) -> nn.Module:
     """Global average pooling → Linear, as the CIFAR ResNets end: (B, C, H, W) -> (B, classes)."""
     return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes))
+
+
+def _one_tensor_start(form: Scheme, given: str, instead: str) -> None:
+    """Refuse, when built, a network that would be handed one tensor while ``form`` has more
+    than one state without an initial value (RevNet's X and Y)."""
+    try:
+        primary_state(form)
+    except UnrollError:
+        free = [n for n, s in form.states.items() if s.init is None and s.depth > 0]
+        raise UnrollError(
+            f"{given} one tensor, but {form.name or 'the scheme'!r} starts from "
+            f"{len(free)} states ({', '.join(free)}): {instead}"
+        ) from None
 
 
 def _stem_input(opts: Options, x: Any) -> torch.Tensor:
@@ -1299,6 +1369,13 @@ class Staged(nn.Module):
         self.transitions = nn.ModuleList(transitions)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        channels = self.stem[0].in_channels
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != channels:
+            shown = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise UnrollError(
+                f"the input is {shown}, but the network was built with in_channels={channels}: "
+                f"give (batch, {channels}, height, width)"
+            )
         x = self.stem(x)
         for i, stage in enumerate(self.stages):
             if i:
@@ -1334,6 +1411,11 @@ def staged(
         if key in options:
             raise UnrollError(f"staged sets {key}= itself (from stages, in_channels, num_classes)")
     ir = build(scheme, layer=True)
+    _one_tensor_start(
+        ir.scheme,
+        "staged's stem and transitions give each stage",
+        "build its stages with network() and pass each x0 as a mapping of those states",
+    )
     branches = [n for n, k in ir.operators().items() if k == "branch"]
 
     def factory(width: int) -> Any:
@@ -1342,9 +1424,9 @@ def staged(
         if f is None:
             return dict.fromkeys(branches, lambda: basic_branch(width))
         if isinstance(f, Mapping):
-            return {name: (lambda fac=fac: fac(width)) for name, fac in f.items()}
+            return {name: (lambda fac=fac: _of_width(fac, width)) for name, fac in f.items()}
         if callable(f) and not isinstance(f, nn.Module):
-            return dict.fromkeys(branches, lambda: f(width))
+            return dict.fromkeys(branches, lambda: _of_width(f, width))
         raise UnrollError(
             "f= for staged must be a factory of the width (or a mapping of such factories): "
             "a module has one width"
@@ -1359,3 +1441,15 @@ def staged(
     return Staged(
         conv_stem(in_channels, widths[0]), networks, transitions, conv_head(widths[-1], num_classes)
     )
+
+
+def _of_width(factory: Callable, width: int) -> nn.Module:
+    """``factory(width)``, or an UnrollError saying what staged's f= must take."""
+    try:
+        inspect.signature(factory).bind(width)
+    except (TypeError, ValueError):
+        raise UnrollError(
+            f"f= for staged must be a factory of the width, called f({width}); "
+            f"{getattr(factory, '__name__', factory)!r} does not take one argument"
+        ) from None
+    return factory(width)

@@ -92,8 +92,8 @@ def check_amplification(
             f"step is predicted to amplify errors by {amplification:.3g} over the rebuilt "
             f"layers, so in {str(dtype).removeprefix('torch.')} (eps {eps:.3g}) the rebuilt "
             f"states could be off by {amplification * eps:.3g} relative, beyond the tolerance "
-            f"{bound:.3g}; use standard backpropagation, a wider dtype, fewer layers, or pass "
-            "a larger tolerance="
+            f"{bound:.3g}; use standard backpropagation (reversible=False)"
+            f"{' or fewer layers' if dtype == torch.float64 else ', fewer layers or float64'}"
         )
 
 
