@@ -367,6 +367,7 @@ def canonical_params(scheme: Scheme, params: Mapping[str, Any]) -> dict[str, Any
     """Keyword values by the scheme's parameter names (``alpha`` is accepted for ``α``);
     unknown names are an `UnrollError` naming them."""
     out: dict[str, Any] = {}
+    given: dict[str, str] = {}
     for key, value in params.items():
         name = GREEK.get(key, key)
         if name not in scheme.parameters:
@@ -374,5 +375,7 @@ def canonical_params(scheme: Scheme, params: Mapping[str, Any]) -> dict[str, Any
             raise UnrollError(
                 f"unknown parameter {key!r} for scheme {scheme.name or str(scheme)!r}; its parameters: {known}"
             )
-        out[name] = value
+        if name in given:
+            raise UnrollError(f"{given[name]!r} and {key!r} both give {name}: give one of them")
+        out[name], given[name] = value, key
     return out

@@ -189,6 +189,10 @@ def test_iteration_counter_and_time():
             lambda s, x: s.run(x, 2, F=quadratic(), α=0.1, β=0.5, gamma=1),
             "unknown parameter 'gamma'",
         ),
+        (
+            lambda s, x: s.run(x, 2, F=quadratic(), α=0.1, alpha=0.2, β=0.5),
+            "'α' and 'alpha' both give α",
+        ),
         (lambda s, x: s.run(x, 2, α=0.1, β=0.5), "exactly one of grad="),
         (lambda s, x: s.run(x, -1, F=quadratic(), α=0.1, β=0.5), "steps must be"),
         (lambda s, x: s.run({"y": x}, 1, F=quadratic(), α=0.1, β=0.5), "y is not a state"),

@@ -386,6 +386,7 @@ def test_cuda_matches_cpu():
         ("fractalnet", {"f": mlp()}, "as a mapping"),
         ("lm_resnet", {"f": mlp(), "params": {"κ": 2.0}}, "outside the bounds"),
         ("lm_resnet", {"f": mlp(), "params": {"q": 2.0}}, "unknown parameter 'q'"),
+        ("lm_resnet", {"f": mlp(), "params": {"κ": -0.1, "kappa": -0.2}}, "both give κ"),
         ("lm_resnet", {"f": mlp(), "per_channel": ["κ"]}, "per channel: pass dim="),
         ("lm_resnet", {"f": mlp(), "survival": 1.5}, "survival"),
         ("hb_net", {"dim": 4, "params": {"β": "x"}}, "must be a number or a tensor"),

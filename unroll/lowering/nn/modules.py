@@ -1319,9 +1319,22 @@ def _initial(name: str, value: Any, bounds, per_channel: bool, opts: Options) ->
 def layer(scheme: Scheme, **options: Any) -> Block:
     """One block of ``scheme``'s network (its layer form; see `Options` for the options)."""
     opts = Options.of(options)
-    if opts.survival is not None:
-        raise UnrollError("survival (stochastic depth) is an option of a network, not of one layer")
-    return _block(build(scheme, layer=True), opts)
+    defaults = Options()
+    for key in _NETWORK_ONLY:
+        if getattr(opts, key) != getattr(defaults, key):
+            raise UnrollError(f"{key}= is an option of a network, not of one layer")
+    ir = build(scheme, layer=True)
+    block = _block(ir, opts)
+    _initialise([block], opts.init, ir, _state_shape(opts))
+    return block
+
+
+# What concerns a stack of layers (stochastic depth, the stem and head, the rebuilt backward,
+# the check of every layer's states, tying) and so has no meaning for one layer.
+_NETWORK_ONLY = (
+    "survival", "reversible", "in_dim", "out_dim", "in_channels", "num_classes", "check_finite",
+    "tied",
+)  # fmt: skip
 
 
 def network(scheme: Scheme, depth: int, **options: Any) -> Network:
