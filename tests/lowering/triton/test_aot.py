@@ -98,6 +98,24 @@ def test_kernel_reason_refuses_what_does_not_fit_the_device():
     assert h100 is None, h100
 
 
+def test_kernel_reason_refuses_a_forward_past_its_spill_target():
+    """densenet's layer carries three states: its bfloat16 forward at width 256 spills past the
+    512 bytes per thread the tied forward may take, so the network refuses it before launching
+    (the reason names the figure); at width 128 it spills nothing and runs."""
+    out = _clean_python(
+        """
+        import json, torch, unroll
+        from unroll.lowering.triton import aot, tied
+        s = unroll.schemes["densenet"]
+        print(json.dumps([tied.kernel_reason(s, 256, torch.bfloat16, aot.TARGETS["sm_90a"]),
+                          tied.kernel_reason(s, 128, torch.bfloat16, aot.TARGETS["sm_90a"])]))
+        """
+    )
+    wide, narrow = json.loads(out)
+    assert wide is not None and "tied_forward spills" in wide and "past the 512" in wide, wide
+    assert narrow is None, narrow
+
+
 def test_targets_name_their_limits():
     assert aot.TARGETS["sm_90a"].shared_limit == 227 * 1024
     assert aot.TARGETS["sm_80"].shared_limit == 163 * 1024

@@ -47,6 +47,11 @@ from unroll.lowering.triton import aot, tied_source
 # compiles for sm_90a within the 227 KB of shared memory a block may use there, at the launch
 # shapes of `launch_config` (docs/kernels.md, `unroll kernels --target sm_90a`).
 MAX_WIDTH = {"bfloat16": 256, "float16": 256, "float32": 128, "float64": 64}
+# The most stack (spill) bytes per thread the tied forward may take in 16-bit storage, by BLOCK_N
+# (issue 12's targets: nothing up to width 128, at most 512 B at 256). A forward that spills
+# more runs, but slowly: on a GPU the network refuses it before launching (`kernel_reason`) and
+# falls back. densenet's forward at width 256 is one (its layer carries three states).
+FORWARD_STACK_LIMIT = {16: 0, 32: 0, 64: 0, 128: 0, 256: 512}
 
 
 # -- Scheme -> TiedStep ----------------------------------------------------------------------
@@ -594,12 +599,29 @@ def _device_reason(step: TiedStep, n: int, dtype: torch.dtype, device: torch.dev
     return _DEVICE_REASONS[key]
 
 
+def spill_reason(kernel: str, n: int, dtype: str, stack: int) -> str | None:
+    """Why the network refuses a compiled ``kernel`` (its name) at width ``n`` in ``dtype`` (a
+    name) that takes ``stack`` bytes per thread, or None: a 16-bit tied forward past
+    `FORWARD_STACK_LIMIT`. A pure function of the compiled figures, so that docs/kernels.md
+    can say which recorded rows the network refuses."""
+    if kernel != "tied_forward" or dtype not in ("bfloat16", "float16"):
+        return None
+    limit = FORWARD_STACK_LIMIT[block_width(n)]
+    if stack <= limit:
+        return None
+    return (
+        f"tied_forward spills {stack} bytes per thread at width {n} in {dtype}, past the "
+        f"{limit} the tied kernel allows there (docs/kernels.md)"
+    )
+
+
 def kernel_reason(
     scheme: Scheme, n: int, dtype: torch.dtype, target: aot.Target, activation: str | None = None
 ) -> str | None:
     """None when the tied network's kernels at width ``n`` in ``dtype`` (its `launch_config`)
-    compile for ``target`` within its shared memory per block; else why not. Compiles (needs
-    Triton's compiler, not a GPU; not under TRITON_INTERPRET=1)."""
+    compile for ``target`` within its shared memory per block, and the forward within its
+    spill target (`spill_reason`); else why not. Compiles (needs Triton's compiler, not a
+    GPU; not under TRITON_INTERPRET=1)."""
     for launch in launches(scheme, n, dtype, activation=activation):
         if launch.name == "layer_forward":  # fused_layer's, not the network's
             continue
@@ -618,6 +640,11 @@ def kernel_reason(
                 f"{_dtype_name(dtype)}, past the {target.shared_limit // aot.KB} KB one block "
                 f"may use on {target.name}"
             )
+        if launch.name == "tied_forward" and _dtype_name(dtype) in ("bfloat16", "float16"):
+            stack = aot.resource_usage(kernel.asm["cubin"])["STACK"]  # cuobjdump of the cubin
+            why = spill_reason(launch.name, n, _dtype_name(dtype), stack)
+            if why is not None:
+                return why
     return None
 
 
