@@ -129,3 +129,23 @@ def test_inspect_says_how_stably_the_step_runs_backwards():
     assert data["inverse_growth"] == pytest.approx(1.0)  # leapfrog: roots on the unit circle
     relu = CliRunner().invoke(cli, ["inspect", "hb_net"])
     assert "no reversible network" in relu.output and "relu is not invertible" in relu.output
+
+
+def test_param_gives_the_analyses_a_value():
+    text = "x_<k+1> = x_k + κ(x_k - x_<k-1>) + h f(x_k)"
+    r = invoke(text)  # no default for κ: the analyses that need one say so
+    assert r.exit_code == 0 and "pass a value for κ" in r.output
+    r = invoke(text, "-p", "kappa=-0.5", "--param", "h=1")  # ASCII or Greek, repeatable
+    assert r.exit_code == 0, r.output
+    assert "zero-stable: yes at κ = -0.5" in r.output
+    assert "inverse step, error growth per layer: 2 (" in r.output  # 1/|κ|
+    r = invoke("lm_resnet", "-p", "κ=-0.5")  # overrides a scheme file's default
+    assert "error growth per layer: 2 (" in r.output
+    for bad, message in [
+        ("κ=2", "outside its bounds"),
+        ("κ=abc", "'abc' is not a number"),
+        ("q=1", "unknown parameter 'q'"),
+        ("κ", "write NAME=VALUE"),
+    ]:
+        r = invoke("lm_resnet", "-p", bad)
+        assert r.exit_code == 2 and message in r.output, (bad, r.output)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import click
@@ -9,6 +10,7 @@ import click
 from unroll.analysis import report, stability_region
 from unroll.errors import UnrollError
 from unroll.frontend.library import resolve
+from unroll.frontend.scheme import Parameter, Scheme, canonical_params
 
 
 @click.command("inspect")
@@ -31,6 +33,14 @@ from unroll.frontend.library import resolve
     "--L", "L", default=100.0, show_default=True, type=float, help="Largest curvature λ for rates."
 )
 @click.option(
+    "--param",
+    "-p",
+    "params",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="A parameter's value for the analyses, e.g. -p κ=-0.5 or -p kappa=-0.5 (repeatable).",
+)
+@click.option(
     "--depth",
     default=16,
     show_default=True,
@@ -44,6 +54,7 @@ def command(
     as_json: bool,
     mu: float,
     L: float,
+    params: tuple[str, ...],
     depth: int,
 ) -> None:
     """Report on SCHEME (a bundled name, a YAML file or scheme text): kind, architecture, layer,
@@ -52,7 +63,7 @@ def command(
     they are checked only for those), and how stably the step runs backwards (the inverse's
     error growth per layer and amplification over --depth layers: reversible networks). A plot that cannot be drawn is refused after the report."""
 
-    s = resolve(scheme)
+    s = _with_values(resolve(scheme), params)
     facts = report.facts(s, activation=activation, mu=mu, L=L, depth=depth)
     refused = None
     if plot is not None:
@@ -73,3 +84,24 @@ def command(
     if refused:
         click.echo(f"error: {refused}", err=True)
         click.get_current_context().exit(2)
+
+
+def _with_values(scheme: Scheme, given: tuple[str, ...]) -> Scheme:
+    """``scheme`` with each NAME=VALUE of --param as its parameter's default."""
+    values: dict[str, str] = {}
+    for item in given:
+        name, eq, text = item.partition("=")
+        if not eq or not name.strip():
+            raise UnrollError(f"--param {item!r}: write NAME=VALUE, e.g. --param κ=-0.5")
+        values[name.strip()] = text.strip()
+    defaults = {}
+    for name, text in canonical_params(scheme, values).items():
+        try:
+            defaults[name] = float(text)
+        except ValueError:
+            raise UnrollError(f"--param {name}={text}: {text!r} is not a number") from None
+    specs = {p.name: p for p in scheme.parameter_specs}
+    for name, value in defaults.items():
+        spec = specs.get(name, Parameter(name))
+        specs[name] = dataclasses.replace(spec, default=value)  # checks the bounds
+    return dataclasses.replace(scheme, parameter_specs=tuple(specs.values()))
