@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 import unroll
+from tests.tolerances import F64_GRADIENT, REVERSIBLE_GRAD_RTOL
 
 
 def dense(width: int = 4):
@@ -58,7 +59,8 @@ def test_gradients_equal_standard_autograd_in_float64(name, options, shape, dept
         # rebuilding 64 layers backwards multiplies rounding by at most (1/γ)^64 ≈ 850 (γ = 0.9)
         # in float64: the bound, 1e-8 relative to the gradient's size
         scale = float(want.abs().max())
-        assert float((got - want).abs().max()) <= 1e-8 * max(scale, 1e-300), (got, want)
+        bound = REVERSIBLE_GRAD_RTOL * max(scale, 1e-300)
+        assert float((got - want).abs().max()) <= bound, (got, want)
 
 
 def _saved_bytes(net: nn.Module, x: torch.Tensor) -> int:
@@ -116,4 +118,4 @@ def test_a_reversible_network_saves_and_loads(tmp_path):
     torch.save(rev, tmp_path / "rev.pt")
     again = torch.load(tmp_path / "rev.pt", weights_only=False)
     for got, want in zip(_grads(again, x), _grads(net, x), strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(got, want, **F64_GRADIENT)
