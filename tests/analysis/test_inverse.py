@@ -12,6 +12,7 @@ import sympy as sp
 import torch
 
 import unroll
+from tests.tolerances import F64_MATRIX_POWER, F64_RELATIVE, MEASURED_RATE
 from unroll.analysis.inverse import (
     ZETA,
     inverse_amplification,
@@ -31,28 +32,28 @@ MOMENTUM = "v_<k+1> = γ v_k + (1 - γ) f(x_k)\nx_<k+1> = x_k + v_<k+1>"
 @pytest.mark.parametrize("gamma", [0.5, 0.9, 0.99])
 def test_momentum_growth_is_one_over_gamma(gamma):
     facts = inverse_stability(compile_scheme(MOMENTUM), 10, gamma=gamma)
-    assert facts.growth == pytest.approx(1 / gamma, rel=1e-12)
+    assert facts.growth == pytest.approx(1 / gamma, rel=F64_RELATIVE)
 
 
 @pytest.mark.parametrize("kappa", [-0.05, -0.5, 0.5, 0.9])
 def test_lm_resnet_growth_is_one_over_abs_kappa(kappa):
     facts = inverse_stability(unroll.schemes["lm_resnet"], 10, kappa=kappa)
-    assert facts.growth == pytest.approx(1 / abs(kappa), rel=1e-12)
+    assert facts.growth == pytest.approx(1 / abs(kappa), rel=F64_RELATIVE)
 
 
 @pytest.mark.parametrize("beta", [0.3, 0.9])
 def test_heavy_ball_growth_is_one_over_beta(beta):
     for name in ("heavy_ball", "heavy_ball_velocity"):
         facts = inverse_stability(unroll.schemes[name], 10, beta=beta)
-        assert facts.growth == pytest.approx(1 / beta, rel=1e-12)
+        assert facts.growth == pytest.approx(1 / beta, rel=F64_RELATIVE)
 
 
 @pytest.mark.parametrize("name", ["leapfrog", "revnet"])
 def test_leapfrog_and_revnet_neither_grow_nor_amplify(name):
     facts = inverse_stability(unroll.schemes[name], 64)
-    assert facts.growth == pytest.approx(1.0, rel=1e-12)
+    assert facts.growth == pytest.approx(1.0, rel=F64_RELATIVE)
     # Leapfrog's inverse with f off swaps the two slots, RevNet's is the identity: ‖A^64‖ = 1.
-    assert facts.amplification == pytest.approx(1.0, rel=1e-12)
+    assert facts.amplification == pytest.approx(1.0, rel=F64_RELATIVE)
 
 
 def test_lm_resnet_amplification_closed_form():
@@ -62,7 +63,7 @@ def test_lm_resnet_amplification_closed_form():
     v = np.array([[1.0, -1 / kappa], [1.0, 1.0]])
     power = v @ np.diag([1.0, (-1 / kappa) ** depth]) @ np.linalg.inv(v)
     facts = inverse_stability(unroll.schemes["lm_resnet"], depth, kappa=kappa)
-    assert facts.amplification == pytest.approx(np.linalg.norm(power, 2), rel=1e-9)
+    assert facts.amplification == pytest.approx(np.linalg.norm(power, 2), rel=F64_MATRIX_POWER)
     assert facts.amplification > 20.0**depth  # at least the growth over the depth
     assert facts.digits_lost > 20
 
@@ -77,7 +78,7 @@ def test_roots_are_those_of_the_reversed_first_characteristic_polynomial(name, p
     facts = inverse_stability(scheme, 4, **params)
     got = sorted(facts.roots, key=lambda z: (z.real, z.imag))
     expected = sorted(expected, key=lambda z: (z.real, z.imag))
-    assert np.allclose(got, expected, rtol=1e-12)
+    assert np.allclose(got, expected, rtol=F64_RELATIVE)
     assert (
         sp.expand(facts.polynomial - sp.Poly(reversed_rho, zeta).monic().as_expr().subs(zeta, ZETA))
         == 0
@@ -93,7 +94,7 @@ def test_untied_amplification_multiplies_the_layers():
 
     product = a(kappas[0]) @ a(kappas[1]) @ a(kappas[2]) @ a(kappas[3])
     got = inverse_amplification(scheme, [{"κ": k} for k in kappas])
-    assert got == pytest.approx(np.linalg.norm(product, 2), rel=1e-12)
+    assert got == pytest.approx(np.linalg.norm(product, 2), rel=F64_RELATIVE)
     # Per channel: the worst channel.
     channels = inverse_amplification(scheme, [{"κ": np.array([-0.5, -0.05])}] * 3)
     assert channels == pytest.approx(inverse_stability(scheme, 3, kappa=-0.05).amplification)
@@ -190,4 +191,4 @@ def test_measured_amplification_matches_the_prediction(text, params, depth):
     # after 40 below 2%; measured, it is within 6e-4).
     tail = 24 if depth >= 32 else 4
     rate = (errors[-1] / errors[-1 - tail]) ** (1 / tail)
-    assert rate == pytest.approx(facts.growth, rel=0.01)
+    assert rate == pytest.approx(facts.growth, rel=MEASURED_RATE)

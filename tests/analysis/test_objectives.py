@@ -20,7 +20,15 @@ from hypothesis import strategies as st
 import unroll
 import unroll.analysis.objectives as objective_module  # noqa: E402
 from tests import ROOT
-from tests.tolerances import F64_ROUNDING, PROX
+from tests.tolerances import (
+    F64_CLOSED_FORM,
+    F64_OBJECTIVE,
+    F64_ONE_ROUNDING,
+    F64_RELATIVE,
+    F64_ROUNDING,
+    F64_SAME_OPS,
+    PROX,
+)
 from unroll import UnrollError
 from unroll.analysis.objectives import Objective, check_activation, objective, t
 from unroll.ir import activations
@@ -131,7 +139,7 @@ def test_F_never_increases_along_the_layers(spec):
     F = _layers(obj, W, b, x0, depth=30)
     assert torch.isfinite(F).all()
     # Round-off only: each F is a sum of ~n² float64 terms of size ≲ 10.
-    tol = 1e-12 * (1 + F[:-1].abs())
+    tol = F64_RELATIVE * (1 + F[:-1].abs())
     assert (F[1:] - F[:-1] <= tol).all(), (F[1:] - F[:-1]).max()
     assert (F[0] - F[-1] > 1e-6).any()  # it does move: the check is not vacuous
 
@@ -226,13 +234,13 @@ def test_point_piece_gives_two_parabolas():
     obj = objective(POINT_PIECE)
     ts = torch.linspace(-3, 3, 13, dtype=torch.float64)
     want = torch.where(ts >= 0, ts * ts / 2, ts * ts)  # (1/a − 1) t²/2 for slopes a = 1/2, 1/3
-    torch.testing.assert_close(obj.evaluate_g(ts), want, rtol=0, atol=1e-14)
+    torch.testing.assert_close(obj.evaluate_g(ts), want, **F64_SAME_OPS)
 
 
 def test_soft_threshold_gives_the_absolute_value():
     obj = objective(SOFT_THRESHOLD)
     ts = torch.linspace(-3, 3, 13, dtype=torch.float64)
-    torch.testing.assert_close(obj.evaluate_g(ts), ts.abs(), rtol=0, atol=1e-14)
+    torch.testing.assert_close(obj.evaluate_g(ts), ts.abs(), **F64_SAME_OPS)
 
 
 @given(st.fractions(min_value=sp.Rational(1, 20), max_value=1, max_denominator=20))
@@ -241,7 +249,7 @@ def test_leaky_relu_any_slope(a):
     obj = objective("leaky_relu", a=float(a))
     ts = torch.linspace(-2, 2, 9, dtype=torch.float64)
     want = _np(_leaky(float(a)))(ts)
-    torch.testing.assert_close(obj.evaluate_g(ts), want, rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(obj.evaluate_g(ts), want, rtol=F64_OBJECTIVE, atol=F64_OBJECTIVE)
 
 
 def test_normalisation_g_of_phi_0_is_0():
@@ -261,10 +269,10 @@ def test_torch_g_matches_sympy_g(spec):
     want = torch.tensor(
         [float(sp.N(obj.g.subs(t, sp.Float(float(s), 30)), 30)) for s in ts], dtype=torch.float64
     )
-    torch.testing.assert_close(obj.evaluate_g(ts), want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(obj.evaluate_g(ts), want, **F64_CLOSED_FORM)
     for c, gc in obj.points:  # ends and joins, where the expression itself needs a limit
         got = obj.evaluate_g(torch.tensor([float(c)], dtype=torch.float64))
-        assert got.item() == pytest.approx(float(gc), abs=1e-15)
+        assert got.item() == pytest.approx(float(gc), abs=F64_ONE_ROUNDING["atol"])
 
 
 @pytest.mark.parametrize("spec", ["leaky_relu(0.1)", "sigmoid"])
@@ -282,7 +290,7 @@ def test_evaluate_matches_symbolic_F(spec):
     values |= {obj.b[i + 1]: float(b[i]) for i in range(n)}
     values |= {obj.W[i + 1, j + 1]: float(W[i, j]) for i in range(n) for j in range(n)}
     want = float(sp.N(F.subs(values), 30))
-    assert obj.evaluate(x, W, b).item() == pytest.approx(want, rel=1e-13, abs=1e-13)
+    assert obj.evaluate(x, W, b).item() == pytest.approx(want, rel=F64_OBJECTIVE, abs=F64_OBJECTIVE)
 
 
 def test_evaluate_batches_and_is_infinite_off_the_domain():

@@ -10,6 +10,14 @@ import sympy as sp
 import torch
 
 import unroll
+from tests.tolerances import (
+    DOUBLE_ROOT,
+    MEASURED_RATE,
+    PRINTED_THREE_DIGITS,
+    RATE_NEARBY,
+    RATE_SEARCH,
+    RATE_SEARCH_BELOW,
+)
 from unroll.analysis import LAM, iteration_matrix, known_tuning, rate, tune
 from unroll.analysis.rates import _numerical_tune
 
@@ -29,7 +37,7 @@ def measured_rate(scheme, mu, L, n=400, **params):
 
 # Over 200 steps: a double root adds a factor (n/(n/2))^(2/n) = 1.0035, oscillating complex
 # roots add their phase mixing, and the worst λ may fall between the 41 samples; 1% covers these.
-REL = 1e-2
+REL = MEASURED_RATE  # tests/tolerances.py
 
 
 @pytest.mark.parametrize(
@@ -49,11 +57,11 @@ def test_rate_is_the_measured_contraction(name, params):
 def test_background_numbers_for_kappa_100():
     # docs/theory.md section 4 prints three digits.
     gd, hb, nag = (unroll.schemes[n] for n in ("gradient_descent", "heavy_ball", "nesterov"))
-    assert rate(gd, MU, L, **tune(gd, MU, L)) == pytest.approx(0.980, abs=5e-4)
-    assert rate(hb, MU, L, **tune(hb, MU, L)) == pytest.approx(0.818, abs=5e-4)
+    assert rate(gd, MU, L, **tune(gd, MU, L)) == pytest.approx(0.980, abs=PRINTED_THREE_DIGITS)
+    assert rate(hb, MU, L, **tune(hb, MU, L)) == pytest.approx(0.818, abs=PRINTED_THREE_DIGITS)
     k = L / MU
     classic = {"α": 1 / L, "β": (math.sqrt(k) - 1) / (math.sqrt(k) + 1)}
-    assert rate(nag, MU, L, **classic) == pytest.approx(0.900, abs=5e-4)
+    assert rate(nag, MU, L, **classic) == pytest.approx(0.900, abs=PRINTED_THREE_DIGITS)
     assert tune(gd, MU, L) == pytest.approx({"α": 2 / (L + MU)})
     assert tune(hb, MU, L) == pytest.approx(
         {
@@ -73,11 +81,11 @@ def test_tuned_parameters_are_measured_optimal(name):
     for name_, value in best.items():
         for factor in (0.9, 1.1):
             other = {**best, name_: value * factor}
-            assert rate(s, MU, L, **other) >= r - 1e-9
+            assert rate(s, MU, L, **other) >= r - RATE_NEARBY
     # An independent numerical search finds no better point than the closed form.
     found = _numerical_tune(s, MU, L)
-    assert rate(s, MU, L, **found) >= r - 1e-6
-    assert rate(s, MU, L, **found) == pytest.approx(r, abs=2e-3)
+    assert rate(s, MU, L, **found) >= r - RATE_SEARCH_BELOW
+    assert rate(s, MU, L, **found) == pytest.approx(r, abs=RATE_SEARCH)
 
 
 def test_nesterov_tuning_beats_the_textbook_choice():
@@ -86,7 +94,7 @@ def test_nesterov_tuning_beats_the_textbook_choice():
     nag = unroll.schemes["nesterov"]
     r = rate(nag, MU, L, **tune(nag, MU, L))
     # The optimum is a double root: rounding ε of the float parameters moves it by √ε ~ 1e-8.
-    assert r == pytest.approx(1 - 2 / math.sqrt(3 * L / MU + 1), abs=1e-7)
+    assert r == pytest.approx(1 - 2 / math.sqrt(3 * L / MU + 1), abs=DOUBLE_ROOT)
     assert known_tuning(nag).family.name == "Nesterov"
 
 

@@ -12,6 +12,7 @@ import sympy as sp
 import torch
 
 import unroll
+from tests.tolerances import DOUBLE_ROOT, F64_ROUNDING, GRID_AREA, MEASURED_RATE, TRIPLE_ROOT
 from unroll.analysis import (
     ZETA,
     Z,
@@ -35,7 +36,7 @@ def test_stability_function_is_the_measured_one_step_amplification(name):
         x0 = torch.tensor([1.0 + 0.0j], dtype=torch.complex128)
         x1 = s.run(x0, 1, f=lambda t, x, lam=lam: lam * x, h=h)
         # One float64 step against one evaluation of a degree-4 polynomial: rounding only.
-        assert abs(complex(x1) - complex(R(z))) < 1e-12
+        assert abs(complex(x1) - complex(R(z))) < F64_ROUNDING["atol"]
 
 
 def test_stepless_polynet_amplifies_by_1_plus_z_plus_z2():
@@ -43,7 +44,7 @@ def test_stepless_polynet_amplifies_by_1_plus_z_plus_z2():
     R = sp.lambdify(Z, stability_function(s))
     for z in ZS:
         x1 = s.run(torch.tensor([1.0 + 0.0j], dtype=torch.complex128), 1, f=lambda t, x, z=z: z * x)
-        assert abs(complex(x1) - complex(R(z))) < 1e-12
+        assert abs(complex(x1) - complex(R(z))) < F64_ROUNDING["atol"]
 
 
 def _max_root_modulus(poly, z):
@@ -77,7 +78,7 @@ def test_stability_polynomial_predicts_the_measured_growth(name, zs):
         measured = (b / a) ** (1 / 100)
         # Over the last 100 steps the subdominant roots' share decays like (r/ρ)^100; for these
         # z the start-up transient is gone and 1% bounds what is left (checks any wrong root).
-        assert measured == pytest.approx(_max_root_modulus(poly, z), rel=1e-2), (name, z)
+        assert measured == pytest.approx(_max_root_modulus(poly, z), rel=MEASURED_RATE), (name, z)
 
 
 def test_lm_resnet_characteristic_roots_and_root_condition():
@@ -123,7 +124,7 @@ def test_implicit_trapezoid_against_fixed_point_steps():
         y = 1.0 + 0j
         for _ in range(80):  # contraction |z|/2 ≤ 0.4 per sweep: 0.4^80 ≈ 1e-32
             y = g(y, 1.0 + 0j, 1.0, 0.0)
-        assert abs(y - R(z)) < 1e-12
+        assert abs(y - R(z)) < F64_ROUNDING["atol"]
     assert sp.simplify(stability_function(s) - (1 + Z / 2) / (1 - Z / 2)) == 0
 
 
@@ -135,7 +136,7 @@ def test_forward_euler_region_is_the_unit_disc_around_minus_one(tmp_path):
     cell = (region.x[1] - region.x[0]) * (region.y[1] - region.y[0])
     # Area of |1 + z| ≤ 1 is π; counting grid cells errs by about the boundary length (2π)
     # times one cell width (0.01): 0.07.
-    assert region.stable.sum() * cell == pytest.approx(math.pi, abs=0.1)
+    assert region.stable.sum() * cell == pytest.approx(math.pi, abs=GRID_AREA)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -162,7 +163,7 @@ def test_region_of_a_multistep_method_is_the_root_moduli_numpy_finds(name):
         for j in range(0, 141, 7):
             z = complex(region.x[j], region.y[i])
             want = np.abs(np.roots([complex(c(z)) for c in coeffs])).max()
-            assert region.modulus[i, j] == pytest.approx(want, rel=1e-7)
+            assert region.modulus[i, j] == pytest.approx(want, rel=DOUBLE_ROOT)
 
 
 def test_root_moduli_survive_double_roots():
@@ -173,4 +174,4 @@ def test_root_moduli_survive_double_roots():
     x, y = np.linspace(-2, 2, 41), np.linspace(-2, 2, 41)
     zz = x[None, :] + 1j * y[:, None]
     monic = np.stack([zz - 2, 1 - 2 * zz, zz])
-    assert np.allclose(largest_root_modulus(monic), np.maximum(1, np.abs(zz)), rtol=2e-5)
+    assert np.allclose(largest_root_modulus(monic), np.maximum(1, np.abs(zz)), rtol=TRIPLE_ROOT)

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 import unroll
+from tests.tolerances import F64_REROUTED, F64_SAME_OPS
 from unroll.errors import UnrollError
 from unroll.experiments.digits import one_thread
 from unroll.experiments.parallel import Parallel, Residual
@@ -89,7 +90,7 @@ def test_cross_terms_are_the_jacobian_products():
             J = torch.autograd.functional.jacobian(gs[k], x[n])
             for j in range(k):
                 expected[n] += J @ gs[j](x[n]).detach()
-    torch.testing.assert_close(cross, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(cross, expected, **F64_REROUTED)
 
 
 @pytest.mark.parametrize("order", [1, 2])
@@ -191,7 +192,7 @@ def test_forward_euler_network_order_one_is_the_sum_of_its_branches():
     with torch.no_grad():
         expected = x + h * sum(f(x) for f in fs)
         # rounding only: (x + h f) − x loses the bits of |x| ≈ 1 at float64 eps, summed 3×
-        torch.testing.assert_close(unroll.parallelize(net)(x), expected, rtol=0, atol=1e-14)
+        torch.testing.assert_close(unroll.parallelize(net)(x), expected, **F64_SAME_OPS)
 
 
 @pytest.mark.parametrize("scheme", ["forward_euler", "midpoint"])
@@ -213,7 +214,7 @@ def test_scheme_network_of_one_step_is_exact(order):
     net, x = _scheme_net("midpoint", 1, 0.5), _x()
     with torch.no_grad():
         # (x + Δ) − x + x differs from x + Δ by rounding at float64 eps of |x| ≈ 1 only
-        torch.testing.assert_close(unroll.parallelize(net, order)(x), net(x), rtol=0, atol=1e-14)
+        torch.testing.assert_close(unroll.parallelize(net, order)(x), net(x), **F64_SAME_OPS)
 
 
 def test_sequential_of_scheme_layers():
@@ -230,7 +231,7 @@ def test_sequential_of_scheme_layers():
     with torch.no_grad():
         expected = x + h * (layers[0].operators["f"](x) + layers[1].operators["f"](x))
         got = unroll.parallelize(nn.Sequential(*layers))(x)
-    torch.testing.assert_close(got, expected, rtol=0, atol=1e-14)  # rounding, as above
+    torch.testing.assert_close(got, expected, **F64_SAME_OPS)  # rounding, as above
 
 
 def test_copies_keep_shared_modules_shared():
@@ -276,7 +277,7 @@ def test_order_two_of_a_triton_backed_network_is_the_eager_one():
     x = _x()
     with torch.no_grad():
         got, want = unroll.parallelize(fused, 2)(x), unroll.parallelize(eager, 2)(x)
-    torch.testing.assert_close(got, want, rtol=0, atol=1e-14)  # the same float64 operations
+    torch.testing.assert_close(got, want, **F64_SAME_OPS)  # the same float64 operations
     assert all(block.options.backend == "triton" for block in fused.blocks)  # left as it was
 
 
@@ -299,4 +300,4 @@ def test_any_module_that_keeps_the_shape_is_a_residual_block():
     x = torch.randn(4, 5, dtype=torch.float64)
     got = unroll.parallelize(stack)(x)
     want = x + sum(g(x) for g in gs)  # x + Σ f_k(x), f_k(x) = block_k(x) − x
-    torch.testing.assert_close(got, want, rtol=0, atol=1e-14)  # x + g − x rounds once per block
+    torch.testing.assert_close(got, want, **F64_SAME_OPS)  # x + g − x rounds once per block

@@ -6,6 +6,7 @@ import pytest
 import sympy as sp
 
 import unroll
+from tests.tolerances import F64_SAME_OPS
 from unroll.errors import UnrollWarning
 from unroll.frontend.parse import parse
 from unroll.ir import vocabulary as ir
@@ -91,7 +92,7 @@ def test_sin_cos_tanh_run_as_torch_computes_them():
     for _ in range(3):
         want = want - 0.1 * (torch.sin(want) + torch.cos(want) * torch.tanh(want)) * 2 * want
     got = s.run(x0, 3, grad=lambda x: 2 * x, h=0.1)
-    torch.testing.assert_close(got, want, rtol=0, atol=1e-14)  # same float64 operations
+    torch.testing.assert_close(got, want, **F64_SAME_OPS)  # same float64 operations
 
 
 @pytest.mark.parametrize(

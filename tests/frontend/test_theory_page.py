@@ -10,6 +10,7 @@ import mpmath
 import pytest
 
 from tests import ROOT
+from tests.tolerances import PROX
 
 PAGE = ROOT / "docs" / "theory.md"
 SECTIONS = [
@@ -106,4 +107,4 @@ def test_prox_of_the_tabulated_g_is_the_activation(name, v):
     # The search ends on the minimiser to rounding of the objective (its values agree to
     # ~1e-16 within ~1e-8 of the minimum, a quadratic); 1e-6 is above that and far below the
     # error of a wrong row (a g off by a term in t moves the prox by about that term's slope).
-    assert (a + b) / 2 == pytest.approx(phi(v), abs=1e-6)
+    assert (a + b) / 2 == pytest.approx(phi(v), abs=PROX)

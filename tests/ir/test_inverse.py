@@ -9,6 +9,7 @@ import sympy as sp
 import torch
 
 import unroll
+from tests.tolerances import F64_INVERSE_ROUND_TRIP, F64_REROUTED, WRONG_INVERSE
 from unroll.errors import UnrollError
 from unroll.frontend.library import compile as compile_scheme
 from unroll.ir import vocabulary as vocab
@@ -118,7 +119,7 @@ def test_forward_then_inverse_returns_the_start(name):
     for n in start:
         for a, b in zip(start[n], rebuilt[n], strict=True):
             # Eight steps at a growth of at most 2 per layer: 2^8 · 1e-16 · (a few) ≈ 1e-13.
-            assert torch.allclose(b, a, rtol=1e-10, atol=1e-10), (name, n, (a - b).abs().max())
+            assert torch.allclose(b, a, **F64_INVERSE_ROUND_TRIP), (name, n, (a - b).abs().max())
 
 
 @pytest.mark.parametrize(
@@ -137,7 +138,7 @@ def test_other_invertible_forms_return_the_start(text):
     for n in start:
         for a, b in zip(start[n], rebuilt[n], strict=True):
             # Growth at most 2 here too (the 3-step scheme's reversed roots: 1, and 2 twice).
-            assert torch.allclose(b, a, rtol=1e-10, atol=1e-10)
+            assert torch.allclose(b, a, **F64_INVERSE_ROUND_TRIP)
 
 
 def test_a_wrong_inverse_fails_the_round_trip():
@@ -153,7 +154,7 @@ def test_a_wrong_inverse_fails_the_round_trip():
     back = backward.step(
         {"u": [history["u"][0], new["u"]]}, 0, torch.tensor(-0.3, dtype=torch.float64)
     )
-    assert not torch.allclose(back["u"], start["u"][1], atol=1e-3)
+    assert not torch.allclose(back["u"], start["u"][1], atol=WRONG_INVERSE)
 
 
 def test_run_retraces_a_one_step_scheme_backwards_in_time():
@@ -168,10 +169,10 @@ def test_run_retraces_a_one_step_scheme_backwards_in_time():
     back = run(inverse(scheme), end, steps, f=fields, h=h, t0=-(t0 + (steps - 1) * h))
     for n in "XY":
         # RevNet-like: growth 1 per layer, 12 steps: rounding only.
-        assert torch.allclose(back[n], x0[n], rtol=1e-12, atol=1e-12)
+        assert torch.allclose(back[n], x0[n], **F64_REROUTED)
     # Run forwards in time instead, the inverse does not retrace the field's time dependence.
     wrong = run(inverse(scheme), end, steps, f=fields, h=h, t0=t0)
-    assert not torch.allclose(wrong["X"], x0["X"], atol=1e-4)
+    assert not torch.allclose(wrong["X"], x0["X"], atol=WRONG_INVERSE)
 
 
 # -- closed forms ------------------------------------------------------------------------------

@@ -9,6 +9,13 @@ import sympy as sp
 import torch
 
 import unroll
+from tests.tolerances import (
+    F64_FEW_ULPS,
+    F64_REASSOCIATED,
+    F64_SAME_OPS,
+    F64_TRAJECTORY,
+    FINITE_DIFFERENCE,
+)
 from unroll.frontend.scheme import Scheme
 from unroll.ir.step import build
 from unroll.lowering.eager.program import eager_step
@@ -52,7 +59,7 @@ def test_the_in_place_step_for_numbers_is_the_plain_step(name, layer):
     assert len(plain) == len(fused) == len(history)
     for a, b in zip(plain, fused, strict=True):
         # The same sums in another association: a few float64 roundings of O(1) values.
-        torch.testing.assert_close(b, a, rtol=1e-14, atol=1e-14)
+        torch.testing.assert_close(b, a, **F64_REASSOCIATED)
 
 
 def test_the_plain_step_is_what_the_ir_says():
@@ -67,7 +74,7 @@ def test_the_plain_step_is_what_the_ir_says():
     b = f(t + h / 2, x + h / 2 * a)
     c = f(t + h / 2, x + h / 2 * b)
     d = f(t + h, x + h * c)
-    assert float(got[0]) == pytest.approx(x + h / 6 * (a + 2 * b + 2 * c + d), rel=1e-15)
+    assert float(got[0]) == pytest.approx(x + h / 6 * (a + 2 * b + 2 * c + d), rel=F64_FEW_ULPS)
 
 
 def test_no_text_of_the_users_reaches_the_source():
@@ -95,10 +102,8 @@ def test_run_takes_the_in_place_step_only_for_plain_numbers():
     plus = hb.run(x0, 10, grad=grad, α=0.1 + eps, β=0.9).sum()
     minus = hb.run(x0, 10, grad=grad, α=0.1 - eps, β=0.9).sum()
     # central difference: O(eps²) truncation plus float64 rounding / eps ≈ 1e-10
-    assert float(da) == pytest.approx(float(plus - minus) / (2 * eps), rel=1e-7)
-    torch.testing.assert_close(
-        x.detach(), hb.run(x0, 10, grad=grad, α=0.1, β=0.9), rtol=0, atol=1e-14
-    )
+    assert float(da) == pytest.approx(float(plus - minus) / (2 * eps), rel=FINITE_DIFFERENCE)
+    torch.testing.assert_close(x.detach(), hb.run(x0, 10, grad=grad, α=0.1, β=0.9), **F64_SAME_OPS)
 
 
 def test_every_symbol_of_the_ir_is_an_identifier_in_the_source():
@@ -126,7 +131,7 @@ def test_the_step_into_dropped_memory_is_the_plain_step(name):
     )
     got = program.step_into(history, params, t, 3, ops, None, spares)
     for a, b in zip(got, want, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-14, atol=1e-14)  # the same sums, reassociated
+        torch.testing.assert_close(a, b, **F64_REASSOCIATED)  # the same sums, reassociated
 
 
 def _heavy_ball(x0, steps, **kw):
@@ -161,7 +166,7 @@ def test_run_reuses_the_memory_of_dropped_states_and_only_its_own(monkeypatch):
     xk, xp = x0, x0
     for _ in range(20):
         xk, xp = xk + 0.9 * (xk - xp) - 0.1 * (xk - c), xk
-    torch.testing.assert_close(x, xk, rtol=0, atol=1e-13)
+    torch.testing.assert_close(x, xk, **F64_TRAJECTORY)
 
 
 def test_values_someone_else_holds_are_never_overwritten():
@@ -181,4 +186,4 @@ def test_values_someone_else_holds_are_never_overwritten():
     xk, xp = x0, x0
     for k in range(12):
         xk, xp = xk + 0.9 * (xk - xp) - 0.1 * (xk - c), xk
-        torch.testing.assert_close(path[k + 1], xk, rtol=0, atol=1e-13)
+        torch.testing.assert_close(path[k + 1], xk, **F64_TRAJECTORY)

@@ -8,6 +8,7 @@ import torchdiffeq
 from torch import nn
 
 import unroll
+from tests.tolerances import F64_FEW_ULPS, F64_ONE_ROUNDING, F64_TRAJECTORY
 
 
 @pytest.fixture(autouse=True)
@@ -56,7 +57,7 @@ def test_heavy_ball_is_sgd_with_momentum(objective, scheme):
     if isinstance(got, dict):
         got = got["x"]
     # float64 round-off over 40 steps of a contraction: a few ulps of |x| ~ 1.
-    torch.testing.assert_close(got, want, rtol=0, atol=1e-13)
+    torch.testing.assert_close(got, want, **F64_TRAJECTORY)
 
 
 def test_gradient_descent_is_plain_sgd_and_grad_equals_F():
@@ -65,13 +66,13 @@ def test_gradient_descent_is_plain_sgd_and_grad_equals_F():
     want = sgd_trajectory(F, x0, 25, lr=0.2)
     gd = unroll.schemes["gradient_descent"]
     got = gd.run(x0, 25, F=F, alpha=0.2, trajectory=True)
-    torch.testing.assert_close(got, want, rtol=0, atol=1e-13)
+    torch.testing.assert_close(got, want, **F64_TRAJECTORY)
 
     def grad(x):
         x = x.detach().requires_grad_(True)
         return torch.autograd.grad(F(x), x)[0]
 
-    torch.testing.assert_close(gd.run(x0, 25, grad=grad, alpha=0.2), want[-1], rtol=0, atol=1e-13)
+    torch.testing.assert_close(gd.run(x0, 25, grad=grad, alpha=0.2), want[-1], **F64_TRAJECTORY)
 
 
 def test_nesterov_is_sgd_with_nesterov_momentum_in_its_look_ahead_variable():
@@ -83,7 +84,7 @@ def test_nesterov_is_sgd_with_nesterov_momentum_in_its_look_ahead_variable():
     xs = unroll.schemes["nesterov"].run(x0, 30, F=F, α=0.05, β=0.9, trajectory=True)
     previous = torch.cat([xs[:1], xs[:-1]])
     ys = xs + 0.9 * (xs - previous)
-    torch.testing.assert_close(ys, want, rtol=0, atol=1e-13)
+    torch.testing.assert_close(ys, want, **F64_TRAJECTORY)
 
 
 def ode(t, x):
@@ -100,7 +101,7 @@ def test_runge_kutta_schemes_match_torchdiffeq_fixed_grid(scheme, method):
     grid = torch.arange(steps + 1) * h + 0.3
     want = torchdiffeq.odeint(ode, x0, grid, method=method)
     got = unroll.schemes[scheme].run(x0, steps, f=ode, h=h, t0=0.3, trajectory=True)
-    torch.testing.assert_close(got, want, rtol=0, atol=1e-13)
+    torch.testing.assert_close(got, want, **F64_TRAJECTORY)
 
 
 def test_classic_rk4_differs_from_the_three_eighths_rule_by_h5_per_step():
@@ -127,7 +128,7 @@ def test_multistep_start_up_takes_the_first_steps():
     xs, ts = rk4, torch.tensor([0.0, h, 2 * h])
     fk = [ode(ts[i], xs[i]) for i in range(3)]
     want = xs[2] + h / 12 * (23 * fk[2] - 16 * fk[1] + 5 * fk[0])
-    torch.testing.assert_close(third, want, rtol=0, atol=1e-15)
+    torch.testing.assert_close(third, want, **F64_ONE_ROUNDING)
 
 
 def test_older_states_start_equal_to_x0_so_heavy_balls_first_step_is_a_gradient_step():
@@ -171,7 +172,7 @@ def test_schedule_state_theta():
     out = unroll.schemes["nesterov_schedule"].run({"x": torch.randn(6)}, 2, F=F)
     θ1 = (math.sqrt(1 + 4) - 1) / 2
     θ2 = (math.sqrt(θ1**4 + 4 * θ1**2) - θ1**2) / 2
-    assert out["θ"].item() == pytest.approx(θ2, rel=1e-15)
+    assert out["θ"].item() == pytest.approx(θ2, rel=F64_FEW_ULPS)
 
 
 def test_iteration_counter_and_time():
@@ -235,7 +236,7 @@ def test_an_elementwise_F_is_refused_with_its_shape():
         unroll.schemes["gradient_descent"].run(x0, 1, F=lambda x: x**2, α=0.1)
     # one value per row of a batch is a batch of problems: each row gets its own gradient
     got = unroll.schemes["gradient_descent"].run(x0, 1, F=lambda x: 0.5 * (x**2).sum(-1), α=0.1)
-    torch.testing.assert_close(got, 0.9 * x0, rtol=0, atol=1e-15)  # x − 0.1 x, one rounding
+    torch.testing.assert_close(got, 0.9 * x0, **F64_ONE_ROUNDING)  # x − 0.1 x, one rounding
 
 
 def test_check_finite_names_the_step_and_the_state_where_the_run_diverges():

@@ -13,6 +13,7 @@ from torch import nn
 
 import unroll
 import unroll.nn
+from tests.tolerances import F64_GRADIENT
 
 BATCH, WIDTH = 8, 6
 
@@ -72,4 +73,4 @@ def test_ddp_gradients_equal_the_single_process_full_batch_ones(tmp_path):
         for name in want:
             # DDP averages the two half-batch means: the full-batch mean, up to the float64
             # rounding of a different summation order.
-            torch.testing.assert_close(got[name], want[name], rtol=1e-12, atol=1e-14)
+            torch.testing.assert_close(got[name], want[name], **F64_GRADIENT)

@@ -13,7 +13,7 @@ from torch import nn
 from torch.func import functional_call
 
 import unroll
-from tests.tolerances import F64_ROUNDING
+from tests.tolerances import BF16_NETWORK, F32_COEFFICIENT, F32_COMPILED, F64_REROUTED, F64_ROUNDING
 from unroll.ir.layer_form import layer_form
 from unroll.ir.step import build
 
@@ -130,7 +130,7 @@ def test_lm_network_matches_scheme_run_with_the_same_f():
     net = scheme.network(6, f=f).double()
     kappa = float(parameters(net)["κ"])
     # The module was built in float32 (logit of the default), then made float64: float32 rounding.
-    assert kappa == pytest.approx(scheme.parameters["κ"].default, abs=1e-6)
+    assert kappa == pytest.approx(scheme.parameters["κ"].default, abs=F32_COEFFICIENT)
     x0 = torch.randn(3, 4, dtype=torch.float64)
     want = scheme.run(x0, 6, f=as_ode(f), κ=kappa)
     torch.testing.assert_close(net(x0), want, **F64_ROUNDING)  # float64 rounding only
@@ -321,7 +321,7 @@ def test_symmetric_convolution_is_self_adjoint():
     )
     conv = conv.double()
     # <W a, b> = <a, W b> up to float64 rounding of sums of ~400 products.
-    torch.testing.assert_close((conv(a) * b).sum(), (a * conv(b)).sum(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close((conv(a) * b).sum(), (a * conv(b)).sum(), **F64_REROUTED)
 
 
 def test_bfloat16_forward_runs():
@@ -333,7 +333,7 @@ def test_bfloat16_forward_runs():
     assert got.dtype == torch.bfloat16 and bool(torch.isfinite(got).all())
     # bfloat16 keeps 8 bits: each of 3 layers rounds its O(1) inputs and a width-8 product by
     # ~2^-8 relative; 0.1 absolute bounds that with room and still catches a wrong formula.
-    torch.testing.assert_close(got.float(), want, rtol=0, atol=0.1)
+    torch.testing.assert_close(got.float(), want, **BF16_NETWORK)
 
 
 COMPILED_NETWORKS = [
@@ -361,7 +361,7 @@ def test_torch_compile_with_inductor():
     x0 = torch.randn(3, 8)
     compiled = torch.compile(net, fullgraph=True)
     # Inductor fuses and reorders float32 arithmetic: a few ulps of values of order 1.
-    torch.testing.assert_close(compiled(x0), net(x0), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(compiled(x0), net(x0), **F32_COMPILED)
 
 
 @pytest.mark.gpu
@@ -439,7 +439,8 @@ def test_objective_descends_along_a_proximal_gradient_network():
     F = trace.objective
     assert F.shape == (13, 5) and bool(torch.isfinite(F).all())
     steps = F[1:] - F[:-1]
-    assert bool((steps <= 1e-12).all())  # non-increasing up to float64 rounding of O(1) sums
+    # non-increasing up to float64 rounding of O(1) sums
+    assert bool((steps <= F64_ROUNDING["atol"]).all())
     assert bool((F[-1] < F[0]).all())
 
 

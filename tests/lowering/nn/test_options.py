@@ -11,6 +11,7 @@ from torch import nn
 
 import unroll
 import unroll.nn
+from tests.tolerances import F32_COEFFICIENT, F32_ORTHOGONAL, SAMPLE_STD
 
 
 def mlp(width: int = 8) -> nn.Module:
@@ -24,10 +25,10 @@ def test_kaiming_init_has_he_scale():
     net = unroll.schemes["hb_net"].network(2, dim=n, init="kaiming")
     w = net.blocks[0].operators["W"].weight.detach()
     # He normal: std √(2/fan_in); 65536 samples put the sample std within ~0.3% (1σ), 3% is 10σ.
-    assert float(w.std()) == pytest.approx(math.sqrt(2 / n), rel=0.03)
+    assert float(w.std()) == pytest.approx(math.sqrt(2 / n), rel=SAMPLE_STD)
     default = unroll.schemes["hb_net"].network(2, dim=n).blocks[0].operators["W"].weight.detach()
     # PyTorch's default, U(−1/√n, 1/√n), has std 1/√(3n): a factor √6 smaller, told apart.
-    assert float(default.std()) == pytest.approx(1 / math.sqrt(3 * n), rel=0.03)
+    assert float(default.std()) == pytest.approx(1 / math.sqrt(3 * n), rel=SAMPLE_STD)
 
 
 def test_xavier_and_orthogonal_inits():
@@ -40,7 +41,7 @@ def test_xavier_and_orthogonal_inits():
     w = unroll.schemes["hb_net"].network(1, dim=n, init="orthogonal").blocks[0].operators["W"]
     eye = torch.eye(n)
     # float32 QR: orthogonality to a few ulps of the n-term sums, 1e-5 with room
-    torch.testing.assert_close(w.weight @ w.weight.T, eye, rtol=0, atol=1e-5)
+    torch.testing.assert_close(w.weight @ w.weight.T, eye, **F32_ORTHOGONAL)
 
 
 def test_zeros_init_makes_a_deep_residual_network_the_identity():
@@ -184,12 +185,13 @@ def test_per_block_values_from_a_sequence_or_a_callable():
         4, f=lambda: mlp(), params={"κ": unroll.per_block(values)}
     )
     got = [float(b.coefficients.kappa.detach()) for b in net.blocks]
-    assert got == pytest.approx(values, abs=1e-6)  # float32 through the bound's logit/sigmoid
+    # float32 through the bound's logit/sigmoid
+    assert got == pytest.approx(values, abs=F32_COEFFICIENT)
     paper = unroll.schemes["lm_resnet"].network(
         6, f=lambda: mlp(), params={"κ": unroll.per_block(lambda n: -0.1 + 0.02 * n)}
     )
     got = [float(b.coefficients.κ.detach()) for b in paper.blocks]
-    assert got == pytest.approx([-0.1 + 0.02 * n for n in range(6)], abs=1e-6)
+    assert got == pytest.approx([-0.1 + 0.02 * n for n in range(6)], abs=F32_COEFFICIENT)
     with pytest.raises(unroll.UnrollError, match="per_block gives 4 values for 3 blocks"):
         unroll.schemes["lm_resnet"].network(
             3, f=lambda: mlp(), params={"κ": unroll.per_block(values)}

@@ -20,7 +20,7 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton")
 
 import unroll  # noqa: E402
-from tests.tolerances import KERNEL
+from tests.tolerances import F64_BLOCK_GRAD, F64_REROUTED, KERNEL
 from unroll import UnrollError  # noqa: E402
 from unroll.ir.step import build  # noqa: E402
 from unroll.lowering.triton.block import is_per_channel  # noqa: E402
@@ -356,7 +356,7 @@ def test_network_backend_triton_matches_torch(name, options):
         if b is None:  # unused by the eager graph; the op receives it and returns 0
             assert a is None or not a.any()
         else:
-            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+            torch.testing.assert_close(a, b, **F64_BLOCK_GRAD)
 
 
 def test_forward_mode_is_refused_by_triton_and_eager_under_auto():
@@ -411,7 +411,7 @@ def test_block_kernel_reads_ir_leaves_in_order_and_returns_the_updates():
     gen = torch.Generator().manual_seed(5)
     x, xp, g = (torch.randn(4, 7, generator=gen, dtype=torch.float64) for _ in range(3))
     (new,) = kernel([x, xp, g], [0.1, torch.tensor(0.9, dtype=torch.float64)])
-    torch.testing.assert_close(new, x + 0.9 * (x - xp) - 0.1 * g, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(new, x + 0.9 * (x - xp) - 0.1 * g, **F64_REROUTED)
 
 
 def test_calling_a_block_kernel_neither_prints_nor_hashes_nor_loads(monkeypatch):

@@ -17,7 +17,7 @@ if not torch.cuda.is_available():
 
 pytest.importorskip("triton")
 
-from tests.tolerances import PRINTER
+from tests.tolerances import F32_HELPERS, PRINTER
 from unroll import UnrollError  # noqa: E402
 from unroll.lowering.triton.printer import (
     FUNCTIONS,
@@ -153,12 +153,12 @@ def k(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
     t, e, lg = out.view(3, -1)
     x64 = xs.double()
     # float32 unit roundoff 6e-8; the helpers are a few ulps: 1e-6 relative, tiny absolute for 0.
-    torch.testing.assert_close(t.double(), torch.tanh(x64), rtol=1e-6, atol=1e-30)
+    torch.testing.assert_close(t.double(), torch.tanh(x64), **F32_HELPERS)
     finite = xs < 80  # e^100 overflows float32: expm1 must give inf there, not nan
-    torch.testing.assert_close(e[finite].double(), torch.expm1(x64[finite]), rtol=1e-6, atol=1e-30)
+    torch.testing.assert_close(e[finite].double(), torch.expm1(x64[finite]), **F32_HELPERS)
     assert torch.isinf(e[~finite]).all()
     pos = xs > -1  # log1p is defined on (-1, inf)
-    torch.testing.assert_close(lg[pos].double(), torch.log1p(x64[pos]), rtol=1e-6, atol=1e-30)
+    torch.testing.assert_close(lg[pos].double(), torch.log1p(x64[pos]), **F32_HELPERS)
 
 
 def test_float64_constants_are_not_rounded_to_float32():
