@@ -13,7 +13,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "unroll"
 
 # Imports a function may make: optional heavy dependencies, loaded only where they are used.
-OPTIONAL = {"triton", "matplotlib", "sklearn", "torchdiffeq", "nodepy"}
+OPTIONAL = {"triton", "matplotlib", "sklearn"}
 
 
 def _module_name(path: Path) -> str:
@@ -125,3 +125,34 @@ def test_imports_inside_functions_are_optional_dependencies_only():
                 continue
             bad.append(f"{path.relative_to(PACKAGE.parent)}:{line} imports {target}")
     assert not bad, "imports inside functions:\n" + "\n".join(bad)
+
+
+# Where a function may import a module by name (importlib.import_module), and why: the rest of
+# the package imports by statement, which the graph above reads.
+LOADERS_BY_NAME = {
+    "unroll/__init__.py": "lazy attributes (PEP 562): `import unroll`, which every CLI command "
+    "runs first, loads no torch until an attribute needs it",
+    "unroll/cli/__init__.py": "each command's module loads when that command runs",
+}
+
+
+def _loads_by_name(tree: ast.AST):
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            f = node.func
+            if (isinstance(f, ast.Attribute) and f.attr == "import_module") or (
+                isinstance(f, ast.Name) and f.id in ("__import__", "import_module")
+            ):
+                yield node.lineno
+
+
+def test_modules_are_imported_by_name_only_where_the_layout_allows():
+    bad = []
+    for path in PACKAGE.rglob("*.py"):
+        where = path.relative_to(PACKAGE.parent).as_posix()
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        bad += [f"{where}:{line}" for line in _loads_by_name(tree) if where not in LOADERS_BY_NAME]
+    assert not bad, "modules imported by name outside " + ", ".join(LOADERS_BY_NAME) + ":\n" + (
+        "\n".join(bad)
+    )
+    assert list(_loads_by_name(ast.parse("importlib.import_module('x')"))) == [1]  # it sees one
