@@ -42,7 +42,7 @@ from unroll.errors import UnrollError
 from unroll.frontend.printing import expr_text
 from unroll.frontend.scheme import STEP_NAMES, Scheme, canonical_params
 from unroll.ir import activations
-from unroll.ir.inverse import inverse
+from unroll.ir.inverse import inverse, without_activation
 from unroll.ir.names import GREEK_NAMES
 from unroll.ir.step import StepIR, build
 from unroll.lowering.eager.activations import torch_function
@@ -733,7 +733,10 @@ class Network(nn.Module):
             )
         self._linear = next((c.op for c in self.ir.calls if c.kind == "linear"), None)
         if opts.reversible:
-            self._reversible = Reversal(self.ir)  # refuses a scheme without an inverse, here
+            # refuses a scheme without an inverse, here; φ = identity is the one φ whose
+            # inverse a scheme can write (itself)
+            identity = self.blocks[0].activation == "identity"
+            self._reversible = Reversal(self.ir, identity)
             if opts.survival is not None and opts.stochastic == "noise":
                 self._reversible.check_gains(exact=False)
 
@@ -880,8 +883,11 @@ class Reversal:
     """The inverse of a network's step, and `reversible_unroll` around it: the backward pass
     rebuilds each layer's input history from its output instead of storing it."""
 
-    def __init__(self, ir: StepIR):
-        self.forward, scheme = ir, ir.scheme
+    def __init__(self, ir: StepIR, identity: bool = False):
+        self.forward, self.identity, scheme = ir, identity, ir.scheme
+        if identity:  # the network's φ is the identity: invert the step without it
+            scheme = without_activation(scheme)
+        self.scheme = scheme  # the step the inverse undoes
         if any(s.scalar for s in ir.states):
             raise UnrollError(
                 f"reversible=True: {ir.label!r} has a scalar state (a schedule), which the "
@@ -903,7 +909,8 @@ class Reversal:
         self.h = h[0] if h else None
 
     def __getstate__(self) -> dict:
-        return {"forward": self.forward}  # the printed inverse is resolved again on loading
+        # the printed inverse is resolved again on loading
+        return {"forward": self.forward, "identity": self.identity}
 
     def check_gains(self, exact: bool) -> None:
         """Stochastic depth scales the branch outputs the updates read, but not those a later
@@ -922,7 +929,7 @@ class Reversal:
             )
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["forward"])
+        self.__init__(state["forward"], state.get("identity", False))
 
     def _reversed(self, flat: tuple) -> tuple:
         """Each state's history reversed, in the inverse's state order: its own history."""
@@ -977,7 +984,7 @@ class Reversal:
             {name: _number(v) for name, v in zip(self.specs, values[n], strict=True)}
             for n in range(net.boot_steps, net.depth)
         ]
-        amplification = inverse_amplification(self.forward.scheme, layers) if layers else 1.0
+        amplification = inverse_amplification(self.scheme, layers) if layers else 1.0
         return reversible_unroll(
             step, back, history, net.depth, list(seen.values()),
             amplification=amplification, stored=net.boot_steps,
