@@ -260,3 +260,25 @@ def test_check_finite_names_the_layer_of_a_network():
     ).double()
     with pytest.raises(unroll.UnrollError, match="layer 2: state x holds an infinity"):
         net(x0)
+
+
+@pytest.mark.parametrize(
+    "name, options",
+    [
+        # the one-kernel tied network (the interpreter runs it for backend="triton") falls back
+        ("hb_net", {"dim": 3, "tied": True, "backend": "triton"}),
+        # reversible, with gradients on: checked in the forward it runs under no_grad
+        ("momentum_resnet", {"f": nn.Identity(), "reversible": True}),
+        ("leapfrog", {"f": nn.Identity(), "reversible": True}),
+    ],
+)
+def test_check_finite_holds_on_every_network_path(name, options):
+    x0 = torch.ones(2, 3)
+    x0[0, 1] = float("nan")
+    net = unroll.schemes[name].network(3, **options)
+    assert not bool(torch.isfinite(net(x0)).all())  # without the check: silent
+    net = unroll.schemes[name].network(3, check_finite=True, **options)
+    with pytest.raises(unroll.UnrollError, match=r"layer 1: state \w holds NaN"):
+        net(x0)
+    if options.get("tied"):
+        assert "check_finite=True" in net.fallback_reason

@@ -849,6 +849,8 @@ class Network(nn.Module):
             return "W is not a dense matrix (pass dim=; convolutional W runs per layer)"
         if opts.survival is not None:
             return "stochastic depth (survival=) scales branches per layer"
+        if opts.check_finite:
+            return "check_finite=True checks every layer's states, which one kernel keeps on chip"
         if self._linear is None:
             return f"{self.ir.label!r} has no product W(...): nothing for the kernel to multiply"
         if opts.activation is not None and not isinstance(opts.activation, str):
@@ -963,8 +965,14 @@ class Reversal:
         def block(n: int) -> Block:
             return blocks[0 if tied else n]
 
+        check = net.options.check_finite
+        newest = net.blocks[0]._program.newest
+
         def step(n: int, h: tuple) -> tuple:
-            return block(n).step(h, n, gains[n], values[n], boot=n < net.boot_steps, fused=fused)
+            new = block(n).step(h, n, gains[n], values[n], boot=n < net.boot_steps, fused=fused)
+            if check:  # in the forward pass and again in the backward's recomputation
+                check_finite(newest(new), f"layer {n + 1}")
+            return new
 
         def back(n: int, h: tuple) -> tuple:
             return self.step_back(block(n), n, h, values[n], gains[n])

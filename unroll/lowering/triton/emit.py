@@ -47,7 +47,7 @@ from unroll.lowering.triton.block import (
 from unroll.lowering.triton.printer import TritonPrinter, helper_source, prepare
 
 # Bump when the generated text changes for the same block (part of every cache key).
-TEMPLATE_VERSION = 5
+TEMPLATE_VERSION = 6  # 6: tl.maximum/minimum propagate NaN, as torch does
 DTYPE = "_CDT"  # the compute dtype constexpr in every kernel
 STEM_LENGTH = 40  # a name's share of file names (a file name holds at most 255 bytes)
 

@@ -286,6 +286,8 @@ class TritonPrinter(PythonCodePrinter):
         # General power, defined for a positive base: exp(e log b).
         return f"tl.exp({self._print(e)} * tl.log({self._print(base)}))"
 
+    # NaN propagates, as torch.maximum and torch.relu propagate it: the hardware's max returns the
+    # other operand, so relu(NaN) would be 0 and a diverged state would vanish from the output.
     def _print_Max(self, expr: sp.Max) -> str:
         return self._fold("tl.maximum", expr.args)
 
@@ -295,7 +297,7 @@ class TritonPrinter(PythonCodePrinter):
     def _fold(self, fn: str, args) -> str:
         out = self._print(args[0])
         for a in args[1:]:
-            out = f"{fn}({out}, {self._print(a)})"
+            out = f"{fn}({out}, {self._print(a)}, propagate_nan=tl.PropagateNan.ALL)"
         return out
 
     # -- piecewise and logic -----------------------------------------------------------------
