@@ -229,6 +229,8 @@ def test_powers_numbers_and_precedence():
         ("x_<k+1> = x_k + x_<j+1>", "does not use the index letter", 18),
         ("a = f(x_k); x_<k+1> = a_<k-1>", "a is a stage", 23),
         ("x_<k+1> = x_k / 0", "division by zero", 15),
+        # the velocity form's v update means ∇F(x_k): with two states the point is not guessed
+        ("v_<k+1> = β v_k - α∇F; x_<k+1> = x_k + v_<k+1>", "bare ∇F is ambiguous", 20),
         # Numbers that used to be misread, overflow, hang or come out complex.
         ("x_<k+1> = x_k + 1.2.3 ∇F", "malformed number 1.2.", 20),
         ("x_<k+1> = x_k + β² ∇F", "unexpected character '²'", 18),

@@ -687,13 +687,19 @@ class _Context:
         self.shift = 0  # added to written offsets so that the newest value sits at k+1
 
     def current_point(self, tok: Token) -> sp.Expr:
-        """Where a bare ∇F is evaluated: the current value of the state being computed."""
-        lhs = self.lhs
-        if lhs is not None and lhs.name in self.states:
-            return sp.IndexedBase(lhs.name)[self.k]
+        """Where a bare ∇F is evaluated: the current value of the scheme's one state. With
+        several (v and x of a velocity form) the point is not guessed: ``v_<k+1> = β v_k − α∇F``
+        means ∇F(x_k), while the state being computed is v."""
         if len(self.states) == 1:
             return sp.IndexedBase(next(iter(self.states)))[self.k]
-        raise at(self.text, tok.col, "a bare ∇F here is ambiguous: write ∇F(x_k) with the point")
+        names = sorted(self.states)
+        points = " or ".join(f"∇F({n}_{self.letter})" for n in names)
+        raise at(
+            self.text,
+            tok.col,
+            f"a bare ∇F is ambiguous in a scheme with states {', '.join(names)}: write the "
+            f"point, {points}",
+        )
 
     def indexed(self, name: str, off: int, tok: Token, p: _Parser) -> sp.Expr:
         """``name`` at the written offset ``off``; messages show offsets as written."""

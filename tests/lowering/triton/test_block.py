@@ -51,7 +51,7 @@ def test_host_values_are_coefficients():
     view = kernel_view(ir)
     assert [c.name for c in view.coefficients] == ["alpha", "beta"]
     assert view.coefficients[1] is _leaf(ir, "beta")
-    ir = build(unroll.compile("x_<k+1> = x_k - θ_k ∇F; θ_<k+1> = θ_k/2"))
+    ir = build(unroll.compile("x_<k+1> = x_k - θ_k ∇F(x_k); θ_<k+1> = θ_k/2"))
     view = kernel_view(ir)
     assert [i.name for i in view.inputs] == ["x_k", "o_0"]
     assert [c.name for c in view.coefficients] == ["theta_k"]
