@@ -262,23 +262,42 @@ def test_check_finite_names_the_layer_of_a_network():
         net(x0)
 
 
+def _linear(dim: int = 3) -> nn.Linear:
+    return nn.Linear(dim, dim, bias=False)
+
+
 @pytest.mark.parametrize(
     "name, options",
     [
         # the one-kernel tied network (the interpreter runs it for backend="triton") falls back
         ("hb_net", {"dim": 3, "tied": True, "backend": "triton"}),
         # reversible, with gradients on: checked in the forward it runs under no_grad
-        ("momentum_resnet", {"f": nn.Identity(), "reversible": True}),
-        ("leapfrog", {"f": nn.Identity(), "reversible": True}),
+        ("momentum_resnet", {"f": _linear, "reversible": True}),
+        ("leapfrog", {"f": _linear, "reversible": True}),
     ],
 )
 def test_check_finite_holds_on_every_network_path(name, options):
-    x0 = torch.ones(2, 3)
-    x0[0, 1] = float("nan")
-    net = unroll.schemes[name].network(3, **options)
-    assert not bool(torch.isfinite(net(x0)).all())  # without the check: silent
-    net = unroll.schemes[name].network(3, check_finite=True, **options)
-    with pytest.raises(unroll.UnrollError, match=r"layer 1: state \w holds NaN"):
+    def build(**more):
+        torch.manual_seed(0)
+        net = unroll.schemes[name].network(3, **options, **more)
+        for p in net.parameters():
+            nn.init.constant_(p, 1e200 if p.dim() == 2 else 0.5)  # W or f's weight; b, β
+        return net
+
+    x0, start = torch.ones(2, 3), torch.ones(2, 3)
+    start[0, 1] = float("nan")
+    # Without the check: silent. The tied kernel carries the NaN through relu, as torch does.
+    # (A NaN start, not an overflow: the interpreter makes numpy's overflow warning an error.)
+    net = build()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.fill_(0.5)
+    assert bool(net(start)[0].isnan().all())
+    net = build(check_finite=True)  # weights of 1e200: float64 (this file's) overflows at layer 2
+    with pytest.raises(unroll.UnrollError, match=r"layer 2: state \w holds (NaN|an infinity)"):
         net(x0)
     if options.get("tied"):
         assert "check_finite=True" in net.fallback_reason
+    # a start that is not finite is named as such, not as a divergence
+    with pytest.raises(unroll.UnrollError, match=r"x0: state x holds NaN before the first step"):
+        net(start)

@@ -261,7 +261,8 @@ def run(
     ops = program.ops(callables)
     coefficients = _parameters(program, values)
     current, single = initial_states(scheme, x0)
-
+    if finite:
+        check_finite_states(current, None)
     history = tuple(current[s.name] for s in ir.states for _ in s.history)
     boot, boot_steps = None, 0
     if ir.startup is not None:

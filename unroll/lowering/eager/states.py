@@ -79,10 +79,12 @@ def initial_states(scheme: Scheme, x0: Any) -> tuple[dict[str, Any], str | None]
     return current, single
 
 
-def check_finite(values: Mapping[str, Any], where: str) -> None:
-    """An `UnrollError` naming ``where`` (a step, a layer) and the state when one of ``values``
-    (state -> tensor) holds a NaN or an infinity."""
+def check_finite(values: Mapping[str, Any], where: str | None) -> None:
+    """An `UnrollError` naming ``where`` (a step, a layer; None for the starting values x0)
+    and the state when one of ``values`` (state -> tensor) holds a NaN or an infinity."""
     for name, value in values.items():
         if isinstance(value, torch.Tensor) and not bool(torch.isfinite(value).all()):
             bad = "NaN" if bool(torch.isnan(value).any()) else "an infinity"
+            if where is None:
+                raise UnrollError(f"x0: state {name} holds {bad} before the first step")
             raise UnrollError(f"{where}: state {name} holds {bad} (the iteration diverged)")

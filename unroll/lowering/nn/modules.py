@@ -772,6 +772,8 @@ class Network(nn.Module):
             x0 = self.stem(_stem_input(self.options, x0))
         current, single = initial_states(self.form, x0)
         _check_width(self.options, self.form, current)
+        if self.options.check_finite:
+            check_finite(current, None)
         trace = return_states or return_objective
         out = self._tied_kernel(x0, trace)
         if out is not None:
