@@ -102,7 +102,10 @@ GOOD = "name: s\nequations: x_<k+1> = x_k - α∇F\n"
         (GOOD + "states: {z: {init: 0}}\n", "states.z: z is not a state"),
         (GOOD + "states: {x: {init: abc}}\n", "states.x.init: expected a number"),
         (GOOD + "activation: gelu_fast\n", "activation: unknown activation"),
-        ("name: s\nequations: x_<k+1> = x_k + (\n", "equations: unbalanced parentheses"),
+        (
+            "name: s\nequations: x_<k+1> = x_k + (\n",
+            r"equations \(their line 1 is line 2 of the file\): unbalanced parentheses",
+        ),
         ("- a\n- b\n", "a mapping of keys"),
         ("name: [unclosed\n", r"not valid YAML: .*flow sequence from line 1, column 7"),
         (
@@ -166,3 +169,17 @@ def test_schemes_ship_with_a_plain_install(tmp_path):
     data = SCHEME_DIR.relative_to(ROOT / "unroll").as_posix()  # frontend/schemes
     assert f"unroll/{data}/heavy_ball.yaml" in names
     assert len([n for n in names if n.startswith(f"unroll/{data}/")]) == len(unroll.schemes)
+
+
+@pytest.mark.parametrize(
+    "text, first",
+    [
+        ("name: s\nequations: |\n  x_<k+1> = x_k\n  y_<k+1> = y_k + (a\n", 3),  # a block
+        ("name: s\ndescription: d\nequations: x_<k+1> = x_k + (a\n", 3),  # one line
+    ],
+)
+def test_an_equation_error_says_where_the_equations_begin_in_the_file(tmp_path, text, first):
+    path = tmp_path / "s.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(unroll.UnrollError, match=rf"equations \(their line 1 is line {first} of"):
+        unroll.load(path)

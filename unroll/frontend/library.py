@@ -71,8 +71,10 @@ def _number(where: str, value: Any) -> float | None:
     return float(value)
 
 
-def from_mapping(data: Any, source: str = "<mapping>") -> Scheme:
-    """A scheme from the parsed contents of a YAML scheme file; errors name ``source`` and the key."""
+def from_mapping(data: Any, source: str = "<mapping>", equations_line: int | None = None) -> Scheme:
+    """A scheme from the parsed contents of a YAML scheme file; errors name ``source`` and the key
+    (and, for the equations, the file's line ``equations_line`` where their text begins, since
+    a parse error counts lines within that text)."""
     if not isinstance(data, dict):
         raise UnrollError(
             f"{source}: a scheme file holds a mapping of keys, not {type(data).__name__}"
@@ -87,7 +89,8 @@ def from_mapping(data: Any, source: str = "<mapping>") -> Scheme:
     try:
         equations = parse(data["equations"], (str(n) for n in data.get("parameters") or {}))
     except UnrollError as e:
-        raise UnrollError(f"{source}: equations: {e}") from None
+        where = f" (their line 1 is line {equations_line} of the file)" if equations_line else ""
+        raise UnrollError(f"{source}: equations{where}: {e}") from None
 
     specs = []
     for raw_name, spec in (data.get("parameters") or {}).items():
@@ -179,7 +182,23 @@ def load(path: str | Path) -> Scheme:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise _yaml_error(path.name, text, e) from None
-    return from_mapping(data, path.name)
+    return from_mapping(data, path.name, _equations_line(text))
+
+
+def _equations_line(text: str) -> int | None:
+    """The file line (1-based) where the equations' text begins: the line after ``|`` or
+    ``>`` for a block, the key's own line for a one-line value; None if it cannot be told."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return None
+    if not isinstance(root, yaml.MappingNode):
+        return None
+    for key, value in root.value:
+        if key.value == "equations" and isinstance(value, yaml.ScalarNode):
+            block = value.style in ("|", ">")
+            return value.start_mark.line + (2 if block else 1)
+    return None
 
 
 def _yaml_error(source: str, text: str, e: yaml.YAMLError) -> UnrollError:
