@@ -4,8 +4,9 @@
 residual branch Linear-tanh-Linear shared by every layer, float32: tied, so that parameter and
 gradient memory do not change with the depth and what grows is activations) and runs them two
 ways: standard autograd (`unroll.lowering.nn.reversible.standard_unroll`) and reversible
-(`SchemeSteps.unroll`), or momentumnet's ``MomentumNet(use_backprop=False)`` against its
-``use_backprop=True``. It reports
+(`SchemeSteps.unroll`; for "momentum_network", the network users build,
+``Scheme.network(..., reversible=True)`` against ``reversible=False``), or momentumnet's
+``MomentumNet(use_backprop=False)`` against its ``use_backprop=True``. It reports
 
 - the bytes of the tensors autograd saves during the forward pass (saved-tensor hooks, the
   parameters left out: they are not activations);
@@ -34,9 +35,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-NETWORKS = ("momentum", "leapfrog", "revnet", "momentumnet")
+NETWORKS = ("momentum", "momentum_network", "leapfrog", "revnet", "momentumnet")
 LABELS = {
     "momentum": "momentum γ = 0.99 (unroll)",
+    "momentum_network": "momentum γ = 0.99 (unroll network)",
     "leapfrog": "leapfrog h = 0.1 (unroll)",
     "revnet": "RevNet (unroll)",
     "momentumnet": "momentumnet γ = 0.99",
@@ -216,6 +218,17 @@ def build(network: str, depth: int, settings: Settings, seed: int = 0) -> Case:
         params = list(shared.parameters())
         std, rev = (MomentumNet(fs, gamma=GAMMA, use_backprop=b) for b in (True, False))
         return Case(lambda: (std(x0),), lambda: (rev(x0),), params, [x0, *params])
+
+    if network == "momentum_network":  # what users build: Scheme.network(..., reversible=True)
+        shared = branch()
+        nets = [
+            unroll.schemes["momentum_resnet"].network(
+                depth, f=shared, tied=True, params={"γ": GAMMA}, reversible=r
+            ).to(dtype)
+            for r in (False, True)
+        ]
+        params = list(shared.parameters())
+        return Case(lambda: (nets[0](x0),), lambda: (nets[1](x0),), params, [x0, *params])
 
     names = ("f", "g") if network == "revnet" else ("f",)
     shared = {n: branch() for n in names}

@@ -8,15 +8,18 @@ from benchmarks.reversible import Report, Row, Settings, run
 
 def test_a_tiny_run_reports_flat_reversible_memory():
     settings = Settings(width=8, batch=2, repeats=1)
-    report = run(["momentum", "momentumnet"], [2, 4, 8], settings, time_depths=[8])
+    networks = ["momentum", "momentum_network", "momentumnet"]
+    report = run(networks, [2, 4, 8], settings, time_depths=[8])
     rows = {(r.network, r.depth): r for r in report.rows}
-    for network in ("momentum", "momentumnet"):
+    for network in networks:
         # Reversible: the same saved bytes at every depth; standard: grows with it.
         assert len({rows[network, d].saved_reversible for d in (2, 4, 8)}) == 1
         assert rows[network, 2].saved_standard < rows[network, 8].saved_standard
         assert rows[network, 8].ratio[0] > 0 and rows[network, 2].ratio is None
     # Ours saves the final (x, v) only; momentumnet x, its integer v and the bit store.
     assert rows["momentum", 8].saved_reversible == 2 * 2 * 8 * 4
+    # the network a user builds saves no more than the scheme-level unroll under it
+    assert rows["momentum_network", 8].saved_reversible <= rows["momentum", 8].saved_reversible
     assert rows["momentumnet", 8].saved_reversible == 2 * 8 * (4 + 8 + 8)
 
 
