@@ -14,7 +14,7 @@ The generated module holds two `@triton.jit` kernels, each one program per tile 
   dL/dp = dL/dz @ W (a second `tl.dot`) and the adjoints of the carried values, and sums the
   parameters' gradients over its rows in a fixed order.
 
-Every expression comes from `unroll.lowering.triton.tied.TiedStep` (SymPy), common subexpressions are
+Every expression comes from `unroll.lowering.triton.tied_step.TiedStep` (SymPy), common subexpressions are
 eliminated with `sympy.cse`, and every expression is printed by the shared
 `unroll.lowering.triton.printer.TritonPrinter`.
 """
@@ -24,16 +24,13 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from types import ModuleType
-from typing import TYPE_CHECKING
 
 import sympy as sp
 
 from unroll import __version__
 from unroll.lowering import cache
 from unroll.lowering.triton.printer import TritonPrinter, helper_source, prepare
-
-if TYPE_CHECKING:
-    from unroll.lowering.triton.tied import TiedStep
+from unroll.lowering.triton.tied_step import TiedStep
 
 
 # -- expression printing ---------------------------------------------------------------------
