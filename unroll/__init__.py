@@ -31,7 +31,7 @@ _LAZY = {
     "objective": "unroll.analysis.objectives",
     "Objective": "unroll.analysis.objectives",
     "identify": "unroll.analysis.identification",
-    "per_block": "unroll.lowering.nn.modules",
+    "per_block": "unroll.lowering.nn.options",
     "grow": "unroll.experiments.splitting",
     "parallelize": "unroll.experiments.parallel",
 }

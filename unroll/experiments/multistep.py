@@ -15,7 +15,8 @@ from torch import nn
 from unroll.experiments import digits, harness
 from unroll.experiments.harness import Job, Result, of, select
 from unroll.frontend.library import schemes
-from unroll.lowering.nn.modules import per_block, staged
+from unroll.lowering.nn.options import per_block
+from unroll.lowering.nn.staged import staged
 
 NAME = "multistep"
 TITLE = "ResNet against LM-ResNet (Lu et al. 2018)"

@@ -40,15 +40,18 @@ the output's size or 1): a ``step`` that draws random numbers inside, or an ``in
 that is not its inverse. ``step`` must be a deterministic function of ``n``, the history and
 the parameters: draw stochastic depth or dropout masks before the unroll and index them by
 ``n``. A module that changes itself when called (BatchNorm's running statistics in training
-mode) is called twice per layer.
+mode) is called three times per layer: the forward, the inverse and the recomputation.
 
-`scheme_steps` builds ``step``, ``inverse_step`` and the layout for a scheme evaluated eagerly
-(`unroll.lowering.eager.evaluate`), with each layer's operators and coefficients from a
-callable: the path the tests and the benchmark take, and a reference for the network modules.
+`scheme_steps` builds ``step``, ``inverse_step`` and the layout for a scheme evaluated eagerly,
+with each layer's operators and coefficients from a callable: the path the tests and the
+benchmark take, and a reference for the network modules. `Reversal` is what
+``Scheme.network(..., reversible=True)`` runs: the inverse of the network's step, printed once,
+and the unroll around its blocks.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -56,15 +59,18 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from torch.autograd.function import once_differentiable
 
 from unroll.analysis.inverse import inverse_amplification
 from unroll.errors import UnrollError
 from unroll.frontend.library import resolve
+from unroll.frontend.printing import expr_text
 from unroll.frontend.scheme import STEP_NAMES, Scheme
-from unroll.ir.inverse import inverse
-from unroll.ir.step import build
+from unroll.ir.inverse import inverse, without_activation
+from unroll.ir.step import StepIR, build
 from unroll.lowering.eager.program import eager_step
+from unroll.lowering.eager.states import check_finite
 
 History = tuple[torch.Tensor, ...]
 StepFn = Callable[[int, History], History]
@@ -469,3 +475,132 @@ def scheme_steps(scheme: Scheme, layer: LayerFn, **params: Any) -> SchemeSteps:
     return SchemeSteps(
         scheme, layout, layout.forward(new_values), layout.inverse(oldest_values), boot_steps, layer
     )
+
+
+# -- a network's inverse ----------------------------------------------------------------------
+class Reversal:
+    """The inverse of a network's step, and `reversible_unroll` around it: the backward pass
+    rebuilds each layer's input history from its output instead of storing it."""
+
+    def __init__(self, ir: StepIR, identity: bool = False):
+        self.forward, self.identity, scheme = ir, identity, ir.scheme
+        if identity:  # the network's φ is the identity: invert the step without it
+            scheme = without_activation(scheme)
+        self.scheme = scheme  # the step the inverse undoes
+        if any(s.scalar for s in ir.states):
+            raise UnrollError(
+                f"reversible=True: {ir.label!r} has a scalar state (a schedule), which the "
+                "reversible unroll does not carry"
+            )
+        self.inverse = build(inverse(scheme), layer=True)  # an UnrollError says why not
+        self.program = eager_step(self.inverse)
+        names = [c.name for c in ir.parameters]
+        by_spec = {c.spec.name: names.index(c.name) for c in ir.parameters}
+        self.take = tuple(by_spec[c.spec.name] for c in self.inverse.parameters)
+        self.specs = tuple(c.spec.name for c in ir.parameters)
+        self.slots = tuple(len(s.history) for s in ir.states)
+        # the inverse's states may come in another order: where each one's history starts
+        starts = dict(zip((s.name for s in ir.states), _starts(self.slots), strict=True))
+        self.order = tuple((starts[s.name], len(s.history)) for s in self.inverse.states)
+        firsts = dict(zip(self.program.states, self.program.firsts, strict=True))
+        self.oldest = tuple(firsts[s.name] for s in ir.states)
+        h = [i for i, c in enumerate(ir.parameters) if c.spec.name in STEP_NAMES]
+        self.h = h[0] if h else None
+
+    def __getstate__(self) -> dict:
+        # the printed inverse is resolved again on loading
+        return {"forward": self.forward, "identity": self.identity}
+
+    def check_gains(self, exact: bool) -> None:
+        """Stochastic depth scales the branch outputs the updates read, but not those a later
+        call reads in its argument (RevNet's g(X_k + f(Y_k))). The inverse then rebuilds the
+        input exactly only for the gains 0 and 1 (``exact``): those of stochastic="drop" in
+        training. Any other gain is refused, rather than rebuilt wrongly."""
+        calls = {c.symbol for c in self.forward.calls}
+        nested = [c for c in self.forward.calls if c.arg.free_symbols & calls]
+        if nested and not exact:
+            raise UnrollError(
+                f"reversible=True: {self.forward.label!r} with stochastic depth: "
+                f"{nested[0].op}({expr_text(self.forward.scheme_form(nested[0].arg))}) reads "
+                "another branch's output unscaled, so the step "
+                "cannot be inverted for gains other than 0 and 1: use stochastic='drop' "
+                "(its training gains are 0 and 1), or reversible=False"
+            )
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["forward"], state.get("identity", False))
+
+    def _reversed(self, flat: tuple) -> tuple:
+        """Each state's history reversed, in the inverse's state order: its own history."""
+        out: list = []
+        for at, d in self.order:
+            out += flat[at : at + d][::-1]
+        return tuple(out)
+
+    def step_back(
+        self, block: nn.Module, n: int, flat: tuple, c: tuple, gain: torch.Tensor | None = None
+    ) -> tuple:
+        """The history before layer ``n`` from the history after it (the inverse scheme runs
+        on each state's history reversed, at time −t_n). ``gain``: the stochastic-depth factor
+        the forward step drew for layer ``n``; it scales the same branch outputs here."""
+        params = tuple(c[i] for i in self.take)
+        t = -n * c[self.h] if self.h is not None else -n
+        ops = block._ops(self.program)
+        new = self.program.step(self._reversed(flat), params, t, -n, ops, gain)
+        oldest = [new[i] for i in self.oldest]  # the values before the window, forward order
+        out, at = [], 0
+        for d, value in zip(self.slots, oldest, strict=True):
+            out += [*flat[at + 1 : at + d], value]
+            at += d
+        return tuple(out)
+
+    def run(self, net: nn.Module, history: tuple, values: list, gains: list, fused: bool) -> tuple:
+        """``net``'s layers from ``history`` by `reversible_unroll`."""
+        blocks = net.blocks
+        tied = net.options.tied
+
+        def block(n: int) -> nn.Module:
+            return blocks[0 if tied else n]
+
+        check = net.options.check_finite
+        newest = net.blocks[0]._program.newest
+
+        def step(n: int, h: tuple) -> tuple:
+            new = block(n).step(h, n, gains[n], values[n], boot=n < net.boot_steps, fused=fused)
+            if check:  # in the forward pass and again in the backward's recomputation
+                check_finite(newest(new), f"layer {n + 1}")
+            return new
+
+        def back(n: int, h: tuple) -> tuple:
+            return self.step_back(block(n), n, h, values[n], gains[n])
+
+        if gains[-1] is not None:  # eval() with gradients on: the gains are the p_n
+            self.check_gains(exact=net.training and net.options.stochastic == "drop")
+
+        seen: dict[int, torch.Tensor] = {}
+        for b in blocks:
+            for p in b.operators.parameters():
+                seen.setdefault(id(p), p)
+        for c in values[: 1 if tied else len(values)]:
+            for v in c:
+                if isinstance(v, torch.Tensor) and v.requires_grad:
+                    seen.setdefault(id(v), v)
+        layers = [
+            {name: _number(v) for name, v in zip(self.specs, values[n], strict=True)}
+            for n in range(net.boot_steps, net.depth)
+        ]
+        amplification = inverse_amplification(self.scheme, layers) if layers else 1.0
+        return reversible_unroll(
+            step, back, history, net.depth, list(seen.values()),
+            amplification=amplification, stored=net.boot_steps,
+        )  # fmt: skip
+
+
+def _starts(sizes: Sequence[int]) -> list[int]:
+    return list(itertools.accumulate((0, *sizes[:-1])))
+
+
+def _number(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().to(torch.float64).numpy().reshape(-1)
+    return float(value)
