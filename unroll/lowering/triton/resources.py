@@ -445,9 +445,14 @@ def doc_section(reports: Sequence[aot.Report], target: aot.Target | str) -> str:
 def write_doc(path: Path, reports: Sequence[aot.Report], target: aot.Target | str) -> None:
     """Replace the generated section of ``path`` for ``target`` (appended when missing)."""
     target = find_target(target)
-    text = path.read_text(encoding="utf-8") if path.exists() else ""
-    section = doc_section(reports, target)
     begin, end = BEGIN.format(target=target.name), END.format(target=target.name)
+    _replace_section(path, begin, end, doc_section(reports, target))
+
+
+def _replace_section(path: Path, begin: str, end: str, section: str) -> None:
+    """Write ``section`` (which starts with ``begin`` and ends with ``end``) over the one
+    between those markers in ``path``, or append it when the file has none."""
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
     if begin in text and end in text:
         a, b = text.index(begin), text.index(end) + len(end)
         text = text[:a] + section + text[b:]
@@ -512,13 +517,7 @@ def write_sweep(path: Path, reports: Sequence[aot.Report], target: aot.Target | 
         "</details>",
         end,
     ])  # fmt: skip
-    text = path.read_text(encoding="utf-8") if path.exists() else ""
-    if begin in text and end in text:
-        a, b = text.index(begin), text.index(end) + len(end)
-        text = text[:a] + section + text[b:]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text, encoding="utf-8")
+    _replace_section(path, begin, end, section)
 
 
 def main() -> None:
