@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 NETWORKS = ("momentum", "momentum_network", "leapfrog", "revnet", "momentumnet")
 LABELS = {
@@ -257,9 +258,11 @@ def build(network: str, depth: int, settings: Settings, seed: int = 0) -> Case:
     )
 
 
-def saved_bytes(run: Callable, exclude: Sequence) -> int:
-    """Bytes of the distinct storages autograd saves while ``run()`` builds its graph, the
-    tensors in ``exclude`` (parameters) left out."""
+def saved_bytes(run: Callable, exclude: Sequence = ()) -> tuple[int, Any]:
+    """Bytes of the distinct storages autograd saves while ``run()`` builds its graph (the
+    tensors in ``exclude``, parameters, are not activations and are left out), and what ``run``
+    returned: the graph it holds keeps every counted storage alive, so none is freed and its
+    address reused while counting. The measure of the tests and of this benchmark."""
     import torch
 
     skip = {p.untyped_storage().data_ptr() for p in exclude}
@@ -273,8 +276,7 @@ def saved_bytes(run: Callable, exclude: Sequence) -> int:
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = run()
-    del out
-    return sum(storages.values())
+    return sum(storages.values()), out
 
 
 def _backward(case: Case, mode: str) -> None:
@@ -382,7 +384,7 @@ def run(
         for depth in depths:
             case = build(network, depth, settings)
             saved = {
-                m: saved_bytes(getattr(case, m), case.params) for m in ("standard", "reversible")
+                m: saved_bytes(getattr(case, m), case.params)[0] for m in ("standard", "reversible")
             }
             timed = time_depths is None or depth in time_depths
             times = timing(case, settings.repeats) if timed else {}

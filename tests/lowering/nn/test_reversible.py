@@ -7,13 +7,13 @@ reference."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import pytest
 import torch
 from torch import nn
 
 import unroll
+from benchmarks.reversible import saved_bytes
 from tests.tolerances import F64_RELATIVE, F64_ROUNDING, REVERSIBLE_GRAD_RTOL
 from unroll.errors import UnrollError
 from unroll.frontend.library import compile as compile_scheme
@@ -35,24 +35,6 @@ MOMENTUM = compile_scheme("v_<k+1> = γ v_k + (1 - γ) f(x_k)\nx_<k+1> = x_k + v
 # for the weights in the 64-layer tied conv case), so its relative error is larger: 3.3e-9
 # measured there. The issue's bound 1e-8 holds for every leaf.
 GRAD_RTOL = REVERSIBLE_GRAD_RTOL  # tests/tolerances.py
-
-
-def saved_bytes(run: Callable, exclude=()) -> tuple[int, object]:
-    """Bytes of the distinct storages autograd saves while ``run()`` builds its graph (the
-    parameters in ``exclude`` are not activations and are left out), and what ``run`` returns
-    (kept alive, so no storage is freed and its address reused while counting)."""
-    skip = {p.untyped_storage().data_ptr() for p in exclude}
-    storages: dict[int, int] = {}
-
-    def pack(t):
-        s = t.untyped_storage()
-        if s.data_ptr() not in skip:
-            storages[s.data_ptr()] = s.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = run()
-    return sum(storages.values()), out
 
 
 # -- the setups --------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 import unroll
+from benchmarks.reversible import saved_bytes
 from tests.tolerances import F64_GRADIENT, REVERSIBLE_GRAD_RTOL
 
 
@@ -69,16 +70,7 @@ def test_gradients_equal_standard_autograd_in_float64(name, options, shape, dept
 
 
 def _saved_bytes(net: nn.Module, x: torch.Tensor) -> int:
-    total = 0
-
-    def pack(t: torch.Tensor):
-        nonlocal total
-        total += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        net(x).sum()
-    return total
+    return saved_bytes(lambda: net(x).sum(), exclude=list(net.parameters()))[0]
 
 
 @pytest.mark.parametrize("name", ["momentum_resnet", "leapfrog"])
