@@ -31,9 +31,14 @@ def stack_path(path: list[Mapping[str, Any]], final: Mapping[str, Any]) -> dict[
     }
 
 
+def free_states(scheme: Scheme) -> list[str]:
+    """The states x0 must give: those read by the step that have no initial value of their own."""
+    return [n for n, s in scheme.states.items() if s.init is None and s.depth > 0]
+
+
 def primary_state(scheme: Scheme) -> str:
     """The state a plain-tensor x0 stands for: the one without an initial value of its own."""
-    free = [n for n, s in scheme.states.items() if s.init is None and s.depth > 0]
+    free = free_states(scheme)
     if len(free) == 1:
         return free[0]
     if not free:

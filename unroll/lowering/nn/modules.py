@@ -43,7 +43,13 @@ from unroll.ir import activations
 from unroll.ir.step import StepIR, build
 from unroll.lowering.eager.activations import torch_function
 from unroll.lowering.eager.program import EagerStep, advance, eager_step
-from unroll.lowering.eager.states import check_finite, initial_states, primary_state, stack_path
+from unroll.lowering.eager.states import (
+    check_finite,
+    free_states,
+    initial_states,
+    primary_state,
+    stack_path,
+)
 from unroll.lowering.nn.coefficients import Coefficients, coefficients_of
 from unroll.lowering.nn.operators import branch_operator, initialise, linear_operator, state_shape
 from unroll.lowering.nn.options import Options
@@ -498,14 +504,12 @@ def _block(ir: StepIR, opts: Options, n: int = 0, count: int = 1) -> Block:
 def one_tensor_start(form: Scheme, given: str, instead: str) -> None:
     """Refuse, when built, a network that would be handed one tensor while ``form`` has more
     than one state without an initial value (RevNet's X and Y)."""
-    try:
-        primary_state(form)
-    except UnrollError:
-        free = [n for n, s in form.states.items() if s.init is None and s.depth > 0]
+    free = free_states(form)
+    if len(free) > 1:
         raise UnrollError(
             f"{given} one tensor, but {form.name or 'the scheme'!r} starts from "
             f"{len(free)} states ({', '.join(free)}): {instead}"
-        ) from None
+        )
 
 
 def _activation(opts: Options, ir: StepIR) -> str | Callable | None:
