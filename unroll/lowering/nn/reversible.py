@@ -506,29 +506,31 @@ class Reversal:
         self.oldest = tuple(firsts[s.name] for s in ir.states)
         h = [i for i, c in enumerate(ir.parameters) if c.spec.name in STEP_NAMES]
         self.h = h[0] if h else None
+        # the first operator call whose argument reads another call's output (see check_gains)
+        calls = {c.symbol for c in ir.calls}
+        self.nested = next((c for c in ir.calls if c.arg.free_symbols & calls), None)
 
     def __getstate__(self) -> dict:
         # the printed inverse is resolved again on loading
         return {"forward": self.forward, "identity": self.identity}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["forward"], state.get("identity", False))
 
     def check_gains(self, exact: bool) -> None:
         """Stochastic depth scales the branch outputs the updates read, but not those a later
         call reads in its argument (RevNet's g(X_k + f(Y_k))). The inverse then rebuilds the
         input exactly only for the gains 0 and 1 (``exact``): those of stochastic="drop" in
         training. Any other gain is refused, rather than rebuilt wrongly."""
-        calls = {c.symbol for c in self.forward.calls}
-        nested = [c for c in self.forward.calls if c.arg.free_symbols & calls]
-        if nested and not exact:
+        if self.nested is not None and not exact:
+            call = self.nested
             raise UnrollError(
                 f"reversible=True: {self.forward.label!r} with stochastic depth: "
-                f"{nested[0].op}({expr_text(self.forward.scheme_form(nested[0].arg))}) reads "
+                f"{call.op}({expr_text(self.forward.scheme_form(call.arg))}) reads "
                 "another branch's output unscaled, so the step "
                 "cannot be inverted for gains other than 0 and 1: use stochastic='drop' "
                 "(its training gains are 0 and 1), or reversible=False"
             )
-
-    def __setstate__(self, state: dict) -> None:
-        self.__init__(state["forward"], state.get("identity", False))
 
     def _reversed(self, flat: tuple) -> tuple:
         """Each state's history reversed, in the inverse's state order: its own history."""
