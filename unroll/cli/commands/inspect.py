@@ -10,7 +10,7 @@ import click
 from unroll.analysis import report, stability_region
 from unroll.errors import UnrollError
 from unroll.frontend.library import resolve
-from unroll.frontend.scheme import Parameter, Scheme, canonical_params
+from unroll.frontend.scheme import Scheme, canonical_params
 
 
 @click.command("inspect")
@@ -100,8 +100,7 @@ def _with_values(scheme: Scheme, given: tuple[str, ...]) -> Scheme:
             defaults[name] = float(text)
         except ValueError:
             raise UnrollError(f"--param {name}={text}: {text!r} is not a number") from None
-    specs = {p.name: p for p in scheme.parameter_specs}
+    specs = dict(scheme.parameters)  # every parameter's spec, declared or not
     for name, value in defaults.items():
-        spec = specs.get(name, Parameter(name))
-        specs[name] = dataclasses.replace(spec, default=value)  # checks the bounds
+        specs[name] = dataclasses.replace(specs[name], default=value)  # checks the bounds
     return dataclasses.replace(scheme, parameter_specs=tuple(specs.values()))
