@@ -74,8 +74,8 @@ class Options:
     and nn.Conv2d draw U(−1/√fan_in, 1/√fan_in)), "kaiming" (He: normal, fan_in, gain √2),
     "xavier" (Glorot: uniform), "orthogonal", "zeros" (every residual branch f starts at
     zero, so that a deep residual network starts as the identity: its last Linear/Conv2d, or
-    the scale and shift of a normalisation after it, is zeroed; refused before a ReLU, whose
-    slope 0 at 0 would keep it zero), or a callable applied to every operator module as
+    the scale and shift of a normalisation after it, is zeroed; refused where that layer would
+    get no gradient, as before a ReLU, whose slope 0 at 0 keeps it zero), or a callable applied to every operator module as
     `torch.nn.Module.apply` does. Biases of the initialised layers start at zero (but with
     "default"). Every value but "default" also initialises the branch modules given as f.
     reversible: train without storing each layer's states: the backward pass rebuilds them with
