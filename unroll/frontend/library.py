@@ -71,10 +71,10 @@ def _number(where: str, value: Any) -> float | None:
     return float(value)
 
 
-def from_mapping(data: Any, source: str = "<mapping>", equations_line: int | None = None) -> Scheme:
+def from_mapping(data: Any, source: str = "<mapping>", text: str | None = None) -> Scheme:
     """A scheme from the parsed contents of a YAML scheme file; errors name ``source`` and the key
-    (and, for the equations, the file's line ``equations_line`` where their text begins, since
-    a parse error counts lines within that text)."""
+    (and, for the equations, the line of the file's ``text`` where they begin, since a parse
+    error counts lines within the equations)."""
     if not isinstance(data, dict):
         raise UnrollError(
             f"{source}: a scheme file holds a mapping of keys, not {type(data).__name__}"
@@ -89,7 +89,8 @@ def from_mapping(data: Any, source: str = "<mapping>", equations_line: int | Non
     try:
         equations = parse(data["equations"], (str(n) for n in data.get("parameters") or {}))
     except UnrollError as e:
-        where = f" (their line 1 is line {equations_line} of the file)" if equations_line else ""
+        line = _equations_line(text) if text is not None else None  # only on an error
+        where = f" (their line 1 is line {line} of the file)" if line else ""
         raise UnrollError(f"{source}: equations{where}: {e}") from None
 
     specs = []
@@ -182,7 +183,7 @@ def load(path: str | Path) -> Scheme:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise _yaml_error(path.name, text, e) from None
-    return from_mapping(data, path.name, _equations_line(text))
+    return from_mapping(data, path.name, text)
 
 
 def _equations_line(text: str) -> int | None:
