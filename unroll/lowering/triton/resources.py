@@ -296,8 +296,7 @@ def choose(reports: Sequence[aot.Report]) -> dict[tuple[int, str, str], tied.Til
     a GPU."""
     by: dict[tuple[int, str, str], dict[tied.Tile, list[aot.Report]]] = {}
     for r in reports:
-        width = int(r.shape.split(",")[0].removeprefix("width "))
-        dtype = r.shape.split(", ")[1]
+        width, dtype = _width_dtype(r)
         by.setdefault((width, dtype, r.name), {}).setdefault(_tile(r), []).append(r)
 
     def key(item: tuple[tied.Tile, list[aot.Report]]) -> tuple:
@@ -383,6 +382,12 @@ def doc_items() -> list[dict[str, Any]]:
     return inventory(tied_kernels=False) + inventory(doc_tied_schemes(), blocks=False)
 
 
+def _width_dtype(r: aot.Report) -> tuple[int, str]:
+    """A tied report's width and dtype, from its shape ("width 128, bfloat16", `tied.launches`)."""
+    width, dtype = r.shape.removeprefix("width ").split(", ")
+    return int(width), dtype
+
+
 def refused(reports: Sequence[aot.Report]) -> list[tuple[aot.Report, str]]:
     """The tied reports the network refuses on a GPU for missing a target (`tied.spill_reason`),
     with the reason."""
@@ -390,8 +395,8 @@ def refused(reports: Sequence[aot.Report]) -> list[tuple[aot.Report, str]]:
     for r in reports:
         if r.group != "tied" or r.error:
             continue
-        width, dtype = r.shape.removeprefix("width ").split(", ")
-        why = tied.spill_reason(r.name, int(width), dtype, r.stack)
+        width, dtype = _width_dtype(r)
+        why = tied.spill_reason(r.name, width, dtype, r.stack)
         if why is not None:
             out.append((r, why))
     return out
