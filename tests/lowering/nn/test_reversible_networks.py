@@ -153,10 +153,8 @@ def test_stochastic_depth_is_rebuilt_with_the_gains_the_forward_drew(name, stoch
         x = torch.stack([x, x.flip(0)])  # X and Y
         net, rev = _Pair(net), _Pair(rev)
     for got, want in zip(_seeded_grads(rev, x), _seeded_grads(net, x), strict=True):
-        scale = float(want.abs().max())
-        # 8 layers: the rebuild's amplification is small, so well inside the issue's bound
-        bound = REVERSIBLE_GRAD_RTOL * max(scale, 1e-300)
-        assert float((got - want).abs().max()) <= bound, (got, want)
+        # 8 layers: the rebuild amplifies rounding little, so float64's other-route bound holds
+        torch.testing.assert_close(got, want, **F64_GRADIENT)
     if name == "revnet":  # eval() with gradients on: gains p_n, which RevNet cannot invert
         with pytest.raises(unroll.UnrollError, match="gains other than 0 and 1"):
             rev.eval()(x).sum().backward()
