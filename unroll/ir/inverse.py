@@ -31,7 +31,6 @@ the oldest values vanishes at the given parameters (LM-ResNet at κ = 0).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import Mapping
 from typing import Any
@@ -61,16 +60,6 @@ def invertibility_condition(scheme: Scheme) -> sp.Expr:
     the scheme's parameter symbols: κ for LM-ResNet, β for heavy ball, 1 for RevNet. The
     inverse exists where it is nonzero. Raises `UnrollError` as `inverse` does."""
     return _inversion(build(scheme)).determinant()
-
-
-def without_activation(scheme: Scheme) -> Scheme:
-    """``scheme`` with φ(v) written v: its layers where the activation is the identity, the one
-    φ whose inverse a scheme can write."""
-    equations = tuple(
-        eq.replace(lambda e: getattr(e, "func", None) == vocab.ACT, lambda e: e.args[0])
-        for eq in scheme.equations
-    )
-    return dataclasses.replace(scheme, equations=equations, activation=None)
 
 
 def _values(scheme: Scheme, params: Mapping[str, Any]) -> dict[str, Any]:

@@ -46,8 +46,6 @@ CASES = [
     ("leapfrog", {"f": dense(), "trainable": ["h"], "params": {"h": 0.5}}, (3, 4)),
     ("leapfrog", {"f": conv(), "tied": True}, (2, 2, 4, 4)),
     ("momentum_resnet", {"f": conv(), "trainable": ["γ"]}, (2, 2, 4, 4)),
-    # HB-Net's velocity form with φ = identity: the one φ whose inverse the step can write
-    ("heavy_ball_velocity", {"dim": 4, "activation": "identity", "trainable": ["beta"]}, (3, 4)),
 ]
 
 
@@ -58,14 +56,11 @@ def test_gradients_equal_standard_autograd_in_float64(name, options, shape, dept
     x = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(rev(x), net(x), rtol=0, atol=0)  # the forward is the same code
     assert any(p.requires_grad for p in rev.parameters())
-    wants = _grads(net, x)
-    largest = max(float(w.abs().max()) for w in wants)
-    for got, want in zip(_grads(rev, x), wants, strict=True):
+    for got, want in zip(_grads(rev, x), _grads(net, x), strict=True):
         # rebuilding 64 layers backwards multiplies rounding by at most (1/γ)^64 ≈ 850 (γ = 0.9)
-        # in float64: the bound, 1e-8 relative to the gradient's size. A gradient that
-        # is exactly 0 (the first layer's β where v starts at 0) is held to the largest one's.
-        scale = float(want.abs().max()) or largest
-        bound = REVERSIBLE_GRAD_RTOL * scale
+        # in float64: the bound, 1e-8 relative to the gradient's size
+        scale = float(want.abs().max())
+        bound = REVERSIBLE_GRAD_RTOL * max(scale, 1e-300)
         assert float((got - want).abs().max()) <= bound, (got, want)
 
 
@@ -101,6 +96,9 @@ def test_an_inverse_that_amplifies_beyond_the_dtype_is_refused_with_the_factor()
     [
         ("hb_net", {"dim": 4}, "relu is not invertible"),
         ("heavy_ball_velocity", {"dim": 4, "activation": "tanh"}, "would need the inverse of φ"),
+        # φ = identity could be solved for, but the predicted amplification would not cover W:
+        # measured, a rebuilt gradient of a tied 64-layer network was off by 16% in float64
+        ("heavy_ball_velocity", {"dim": 4, "activation": "identity"}, "would not bound what W"),
         ("forward_euler", {"f": dense()}, "implicit"),
         ("nesterov_schedule", {"dim": 4, "activation": "identity"}, "scalar state"),
     ],

@@ -312,10 +312,17 @@ class Network(nn.Module):
             )
         self._linear = next((c.op for c in self.ir.calls if c.kind == "linear"), None)
         if opts.reversible:
-            # refuses a scheme without an inverse, here; φ = identity is the one φ whose
-            # inverse a scheme can write (itself)
-            identity = self.blocks[0].activation == "identity"
-            self._reversible = Reversal(self.ir, identity)
+            try:
+                self._reversible = Reversal(self.ir)  # refuses a scheme without an inverse
+            except UnrollError as e:
+                if "inverse of φ" not in str(e) or self.blocks[0].activation != "identity":
+                    raise
+                raise UnrollError(
+                    f"{e}. With φ = identity the step could be solved for it, but W would then "
+                    "enter the inverse unscaled, and the error amplification unroll predicts "
+                    "(from the step's coefficients) would not bound what W adds: refused "
+                    "rather than risk a wrong gradient"
+                ) from None
             if opts.survival is not None and opts.stochastic == "noise":
                 self._reversible.check_gains(exact=False)
 

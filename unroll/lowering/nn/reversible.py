@@ -67,7 +67,7 @@ from unroll.errors import UnrollError
 from unroll.frontend.library import resolve
 from unroll.frontend.printing import expr_text
 from unroll.frontend.scheme import STEP_NAMES, Scheme
-from unroll.ir.inverse import inverse, without_activation
+from unroll.ir.inverse import inverse
 from unroll.ir.step import StepIR, build
 from unroll.lowering.eager.program import eager_step
 from unroll.lowering.eager.states import check_finite
@@ -482,11 +482,8 @@ class Reversal:
     """The inverse of a network's step, and `reversible_unroll` around it: the backward pass
     rebuilds each layer's input history from its output instead of storing it."""
 
-    def __init__(self, ir: StepIR, identity: bool = False):
-        self.forward, self.identity, scheme = ir, identity, ir.scheme
-        if identity:  # the network's φ is the identity: invert the step without it
-            scheme = without_activation(scheme)
-        self.scheme = scheme  # the step the inverse undoes
+    def __init__(self, ir: StepIR):
+        self.forward, scheme = ir, ir.scheme
         if any(s.scalar for s in ir.states):
             raise UnrollError(
                 f"reversible=True: {ir.label!r} has a scalar state (a schedule), which the "
@@ -511,11 +508,10 @@ class Reversal:
         self.nested = next((c for c in ir.calls if c.arg.free_symbols & calls), None)
 
     def __getstate__(self) -> dict:
-        # the printed inverse is resolved again on loading
-        return {"forward": self.forward, "identity": self.identity}
+        return {"forward": self.forward}  # the printed inverse is resolved again on loading
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["forward"], state.get("identity", False))
+        self.__init__(state["forward"])
 
     def check_gains(self, exact: bool) -> None:
         """Stochastic depth scales the branch outputs the updates read, but not those a later
@@ -591,7 +587,7 @@ class Reversal:
             {name: _number(v) for name, v in zip(self.specs, values[n], strict=True)}
             for n in range(net.boot_steps, net.depth)
         ]
-        amplification = inverse_amplification(self.scheme, layers) if layers else 1.0
+        amplification = inverse_amplification(self.forward.scheme, layers) if layers else 1.0
         return reversible_unroll(
             step, back, history, net.depth, list(seen.values()),
             amplification=amplification, stored=net.boot_steps,
